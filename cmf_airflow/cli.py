@@ -1,0 +1,121 @@
+"""The ``cmf-airflow`` command line: ``demo`` and ``lineage``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from cmf_airflow.version import __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``cmf-airflow`` command and return its exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    return args.run(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cmf-airflow", description="CMF lineage for Apache Airflow.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="run the example ML pipeline under Airflow and print its lineage"
+    )
+    demo.add_argument(
+        "--home",
+        default=".cmf-demo",
+        help="folder for the demo's AIRFLOW_HOME, data and CMF store; emptied first (default: .cmf-demo)",
+    )
+    demo.set_defaults(run=_run_demo)
+
+    lineage = commands.add_parser("lineage", help="print the lineage kept in a local CMF store")
+    lineage.add_argument("--store", help="MLMD SQLite file to read (default: [cmf] store)")
+    lineage.add_argument("--pipeline", help="print only this pipeline (DAG id)")
+    lineage.add_argument(
+        "--upstream",
+        metavar="ARTIFACT",
+        help="also trace this artifact (md5, or part of its name) back to its sources",
+    )
+    lineage.set_defaults(run=_run_lineage)
+    return parser
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from cmf_airflow.demo import run_demo
+
+    return run_demo(args.home)
+
+
+def _run_lineage(args: argparse.Namespace) -> int:
+    from cmf_airflow.store import StoreError, open_store
+
+    path = args.store
+    if path is None:
+        from cmf_airflow import conf
+
+        path = conf.store()
+    try:
+        store = open_store(path, read_only=True)
+    except StoreError as error:
+        print(f"cmf-airflow lineage: {error}", file=sys.stderr)
+        return 1
+    return print_lineage(store, path, args.pipeline, args.upstream, sys.stdout)
+
+
+def print_lineage(store, path: str, pipeline: str | None, upstream_of: str | None, out: TextIO) -> int:
+    """Print the lineage tree of ``store`` and, if asked, the sources of one artifact; return exit status."""
+    from cmf_airflow.lineage import find_artifacts, read_pipelines, upstream
+
+    pipelines = read_pipelines(store, pipeline)
+    if not pipelines:
+        wanted = f"pipeline {pipeline!r}" if pipeline else "any pipeline"
+        print(f"cmf-airflow lineage: the store {path} holds no {wanted}", file=sys.stderr)
+        return 1
+    for view in pipelines:
+        _print_pipeline(view, out)
+
+    if upstream_of is None:
+        return 0
+    matches = find_artifacts(store, upstream_of)
+    if not matches:
+        print(f"cmf-airflow lineage: no artifact matches {upstream_of!r}", file=sys.stderr)
+        return 1
+    for artifact in matches:
+        print(f"\nUpstream of {artifact.type_name} {artifact.name}", file=out)
+        for execution, source in upstream(store, artifact.id):
+            print(f"  {execution.stage} (execution {execution.id}) read {source.name}", file=out)
+    return 0
+
+
+def _print_pipeline(view, out: TextIO) -> None:
+    count = sum(len(stage.executions) for stage in view.stages)
+    print(f"Pipeline {view.name}: {len(view.stages)} stage(s), {count} execution(s)", file=out)
+    for stage in view.stages:
+        print(f"  Stage {stage.name}", file=out)
+        for execution in stage.executions:
+            duration = "-" if execution.duration_s is None else f"{execution.duration_s:.2f} s"
+            commit = execution.git_commit[:12] or "no git commit"
+            if execution.git_dirty:
+                commit += " (uncommitted changes)"
+            print(
+                f"    Execution {execution.id} {execution.state} ({execution.airflow_state}), {duration}, "
+                f"try {execution.try_number}, run {execution.run_id}, git {commit}",
+                file=out,
+            )
+            if execution.error:
+                print(f"      error: {execution.error}", file=out)
+            for label, artifacts in (("input ", execution.inputs), ("output", execution.outputs)):
+                for artifact in artifacts:
+                    digest = artifact.uri if artifact.hash_state == "hashed" else artifact.hash_state
+                    print(f"      {label} {artifact.type_name} {artifact.url}  md5 {digest}", file=out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

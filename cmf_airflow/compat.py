@@ -1,0 +1,142 @@
+"""Every difference between the Airflow versions that cmf-airflow supports.
+
+No other module looks at the Airflow version: they ask this one for the task facts, the asset class and the
+configuration, in one shape on every version.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from airflow import __version__ as AIRFLOW_VERSION
+from packaging.version import Version
+
+if TYPE_CHECKING:
+    from airflow.configuration import AirflowConfigParser
+
+AIRFLOW_V_3_0_PLUS: bool = Version(Version(AIRFLOW_VERSION).base_version) >= Version("3.0.0")
+
+if AIRFLOW_V_3_0_PLUS:
+    from airflow.sdk import Asset as AssetClass
+else:  # Airflow 2.10 / 2.11 call assets "datasets".
+    from airflow.datasets import Dataset as AssetClass  # type: ignore[no-redef]
+
+__all__ = [
+    "AIRFLOW_VERSION",
+    "AIRFLOW_V_3_0_PLUS",
+    "AssetClass",
+    "TaskFacts",
+    "airflow_conf",
+    "airflow_home",
+    "error_text",
+    "task_facts",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFacts:
+    """What the listener reads off a task instance, the same on every Airflow version."""
+
+    dag_id: str
+    task_id: str
+    run_id: str
+    map_index: int
+    try_number: int
+    max_tries: int
+    state: str | None
+    start_date: datetime | None
+    hostname: str
+    operator: str
+    dag_file: str | None
+    inlets: tuple[Any, ...]
+    outlets: tuple[Any, ...]
+    params: dict[str, Any]
+
+
+def airflow_conf() -> AirflowConfigParser:
+    """Return Airflow's configuration object (airflow.cfg plus ``AIRFLOW__*`` variables)."""
+    from airflow.configuration import conf
+
+    return conf
+
+
+def airflow_home() -> str:
+    """Return the AIRFLOW_HOME folder this process uses."""
+    from airflow.configuration import AIRFLOW_HOME
+
+    return os.path.expanduser(AIRFLOW_HOME)
+
+
+def is_task_process_instance(task_instance: Any) -> bool:
+    """Tell whether a listener call comes from the process that ran the task.
+
+    Airflow 3 also fires the task hooks on the API server when a user sets a state by hand; those carry an
+    ORM task instance without the operator, and there is nothing on disk there to hash.
+    """
+    if AIRFLOW_V_3_0_PLUS:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        return isinstance(task_instance, RuntimeTaskInstance)
+    return getattr(task_instance, "task", None) is not None
+
+
+def task_facts(task_instance: Any) -> TaskFacts:
+    """Read the facts of a task instance that the listener records, on either Airflow version."""
+    task = task_instance.task
+    dag = getattr(task, "dag", None)
+    state = getattr(task_instance, "state", None)
+    return TaskFacts(
+        dag_id=task_instance.dag_id,
+        task_id=task_instance.task_id,
+        run_id=task_instance.run_id,
+        map_index=_int_or(getattr(task_instance, "map_index", -1), -1),
+        try_number=_int_or(task_instance.try_number, 1),
+        max_tries=_int_or(getattr(task_instance, "max_tries", 0), 0),
+        state=None if state is None else str(getattr(state, "value", state)),
+        start_date=getattr(task_instance, "start_date", None),
+        hostname=_hostname(task_instance),
+        operator=getattr(task, "task_type", type(task).__name__),
+        dag_file=getattr(dag, "fileloc", None),
+        inlets=tuple(getattr(task, "inlets", None) or ()),
+        outlets=tuple(getattr(task, "outlets", None) or ()),
+        params=_params(task_instance, task),
+    )
+
+
+def error_text(error: BaseException | str | None) -> str | None:
+    """Turn the ``error`` argument of the failure hook into text; Airflow passes an exception or a string."""
+    if error is None:
+        return None
+    if isinstance(error, BaseException):
+        message = str(error)
+        return f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return str(error)
+
+
+def _params(task_instance: Any, task: Any) -> dict[str, Any]:
+    # Airflow 3 caches the template context on the runtime task instance, so reading it again is cheap.
+    # Airflow 2's ORM task instance would build a new context with database queries: use the task's params.
+    if AIRFLOW_V_3_0_PLUS:
+        params = task_instance.get_template_context().get("params") or {}
+    else:
+        params = getattr(task, "params", None) or {}
+    return {str(key): params[key] for key in params}
+
+
+def _hostname(task_instance: Any) -> str:
+    hostname = getattr(task_instance, "hostname", None)
+    if hostname:
+        return str(hostname)
+    from airflow.utils.net import get_hostname
+
+    return get_hostname()
+
+
+def _int_or(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default

@@ -1,0 +1,56 @@
+"""One accessor per ``[cmf]`` option; nothing else in cmf-airflow reads Airflow's configuration.
+
+Each accessor reads the option on every call, so that ``AIRFLOW__CMF__*`` variables set by a test or a
+deployment take effect without a restart of the process.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cmf_airflow.compat import airflow_conf, airflow_home
+
+SECTION = "cmf"
+
+
+def enabled() -> bool:
+    """``[cmf] enabled``: record every task instance as a CMF execution."""
+    return airflow_conf().getboolean(SECTION, "enabled", fallback=True)
+
+
+def store() -> str:
+    """``[cmf] store``: path of the local MLMD SQLite store, by default ``$AIRFLOW_HOME/cmf/mlmd.sqlite``."""
+    value = airflow_conf().get(SECTION, "store", fallback="").strip()
+    return os.path.expanduser(value) if value else os.path.join(airflow_home(), "cmf", "mlmd.sqlite")
+
+
+def site() -> str | None:
+    """``[cmf] site``: this site's id, or None to use the id kept in the local store."""
+    return airflow_conf().get(SECTION, "site", fallback="").strip() or None
+
+
+def include_dags() -> tuple[str, ...]:
+    """``[cmf] include_dags``: DAG ids or fnmatch patterns to record; empty means every DAG."""
+    return _patterns(airflow_conf().get(SECTION, "include_dags", fallback=""))
+
+
+def exclude_dags() -> tuple[str, ...]:
+    """``[cmf] exclude_dags``: DAG ids or fnmatch patterns never to record."""
+    return _patterns(airflow_conf().get(SECTION, "exclude_dags", fallback=""))
+
+
+def hash_cache() -> str:
+    """``[cmf] hash_cache``: the SQLite file of cached file hashes, by default beside the local store."""
+    value = airflow_conf().get(SECTION, "hash_cache", fallback="").strip()
+    if value:
+        return os.path.expanduser(value)
+    return os.path.join(os.path.dirname(store()), "hash_cache.sqlite")
+
+
+def lock_timeout() -> float:
+    """``[cmf] lock_timeout``: seconds to wait for the local store's write lock."""
+    return airflow_conf().getfloat(SECTION, "lock_timeout", fallback=10.0)
+
+
+def _patterns(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())

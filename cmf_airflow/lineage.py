@@ -1,0 +1,179 @@
+"""Reading lineage back out of an MLMD store: pipelines, stages, executions and their artifacts."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ml_metadata.proto import metadata_store_pb2 as mlmd
+
+from cmf_airflow.recorder import PIPELINE_CONTEXT_TYPE
+
+if TYPE_CHECKING:
+    from ml_metadata.metadata_store import MetadataStore
+
+_STATE_NAMES = {value: name for name, value in mlmd.Execution.State.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactView:
+    """An artifact as the lineage report shows it."""
+
+    id: int
+    type_name: str
+    name: str
+    uri: str
+    url: str
+    hash_state: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionView:
+    """An execution with its inputs and outputs."""
+
+    id: int
+    uuid: str
+    stage: str
+    state: str
+    airflow_state: str
+    duration_s: float | None
+    run_id: str
+    try_number: int
+    git_commit: str
+    git_dirty: bool | None
+    error: str
+    inputs: tuple[ArtifactView, ...]
+    outputs: tuple[ArtifactView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StageView:
+    """A stage (task) with its executions, oldest first."""
+
+    name: str
+    executions: tuple[ExecutionView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineView:
+    """A pipeline (DAG) with its stages."""
+
+    name: str
+    stages: tuple[StageView, ...]
+
+
+def read_pipelines(store: MetadataStore, pipeline: str | None = None) -> list[PipelineView]:
+    """Read every pipeline, or the one named ``pipeline``, with its stages, executions and artifacts."""
+    contexts = store.get_contexts_by_type(PIPELINE_CONTEXT_TYPE)
+    if pipeline is not None:
+        contexts = [context for context in contexts if context.name == pipeline]
+    return [_read_pipeline(store, context) for context in sorted(contexts, key=lambda c: c.name)]
+
+
+def upstream(store: MetadataStore, artifact_id: int) -> list[tuple[ExecutionView, ArtifactView]]:
+    """Walk from an artifact back to its sources: each step is (producing execution, one of its inputs).
+
+    Returns the steps breadth first; an execution without inputs ends its branch.
+    """
+    steps: list[tuple[ExecutionView, ArtifactView]] = []
+    seen_artifacts = {artifact_id}
+    queue = deque([artifact_id])
+    while queue:
+        current = queue.popleft()
+        producers = [
+            event.execution_id
+            for event in store.get_events_by_artifact_ids([current])
+            if event.type == mlmd.Event.OUTPUT
+        ]
+        for execution in _execution_views(store, store.get_executions_by_id(producers)):
+            for artifact in execution.inputs:
+                steps.append((execution, artifact))
+                if artifact.id not in seen_artifacts:
+                    seen_artifacts.add(artifact.id)
+                    queue.append(artifact.id)
+    return steps
+
+
+def find_artifacts(store: MetadataStore, text: str) -> list[ArtifactView]:
+    """Find artifacts whose md5 equals ``text`` or whose name contains it."""
+    matches = [a for a in store.get_artifacts() if a.uri == text or text in a.name]
+    return [_artifact_view(store, artifact) for artifact in matches]
+
+
+def _read_pipeline(store: MetadataStore, pipeline: mlmd.Context) -> PipelineView:
+    stages = []
+    for stage in sorted(store.get_children_contexts_by_context(pipeline.id), key=lambda c: c.name):
+        executions = sorted(store.get_executions_by_context(stage.id), key=lambda e: e.id)
+        stages.append(StageView(name=stage.name, executions=tuple(_execution_views(store, executions))))
+    return PipelineView(name=pipeline.name, stages=tuple(stages))
+
+
+def _execution_views(store: MetadataStore, executions: Iterable[mlmd.Execution]) -> list[ExecutionView]:
+    executions = list(executions)
+    if not executions:
+        return []
+    events = store.get_events_by_execution_ids([execution.id for execution in executions])
+    artifact_ids = sorted({event.artifact_id for event in events})
+    artifacts = {artifact.id: artifact for artifact in store.get_artifacts_by_id(artifact_ids)}
+    type_names = _artifact_type_names(store, artifacts.values())
+
+    views = []
+    for execution in executions:
+        own = [event for event in events if event.execution_id == execution.id]
+        inputs = [event.artifact_id for event in own if event.type == mlmd.Event.INPUT]
+        outputs = [event.artifact_id for event in own if event.type == mlmd.Event.OUTPUT]
+        views.append(
+            ExecutionView(
+                id=execution.id,
+                uuid=execution.properties["Execution_uuid"].string_value,
+                stage=execution.type,
+                state=_STATE_NAMES.get(execution.last_known_state, "UNKNOWN"),
+                airflow_state=_custom_text(execution, "airflow_state"),
+                duration_s=_custom_number(execution, "duration_s"),
+                run_id=_custom_text(execution, "airflow_run_id"),
+                try_number=execution.custom_properties["airflow_try_number"].int_value,
+                git_commit=execution.properties["Git_End_Commit"].string_value,
+                git_dirty=(
+                    execution.custom_properties["git_dirty"].bool_value
+                    if "git_dirty" in execution.custom_properties
+                    else None
+                ),
+                error=_custom_text(execution, "error"),
+                inputs=tuple(_view(artifacts[i], type_names) for i in inputs),
+                outputs=tuple(_view(artifacts[i], type_names) for i in outputs),
+            )
+        )
+    return views
+
+
+def _artifact_type_names(store: MetadataStore, artifacts: Iterable[mlmd.Artifact]) -> dict[int, str]:
+    type_ids = sorted({artifact.type_id for artifact in artifacts})
+    return {artifact_type.id: artifact_type.name for artifact_type in store.get_artifact_types_by_id(type_ids)}
+
+
+def _artifact_view(store: MetadataStore, artifact: mlmd.Artifact) -> ArtifactView:
+    return _view(artifact, _artifact_type_names(store, [artifact]))
+
+
+def _view(artifact: mlmd.Artifact, type_names: dict[int, str]) -> ArtifactView:
+    return ArtifactView(
+        id=artifact.id,
+        type_name=type_names.get(artifact.type_id, "?"),
+        name=artifact.name,
+        uri=artifact.uri,
+        url=artifact.properties["url"].string_value,
+        hash_state=_custom_text(artifact, "hash_state"),
+    )
+
+
+def _custom_text(message: mlmd.Execution | mlmd.Artifact, key: str) -> str:
+    return message.custom_properties[key].string_value if key in message.custom_properties else ""
+
+
+def _custom_number(message: mlmd.Execution, key: str) -> float | None:
+    if key not in message.custom_properties:
+        return None
+    value = message.custom_properties[key]
+    return value.double_value if value.HasField("double_value") else float(value.int_value)

@@ -1,0 +1,84 @@
+"""Provider metadata, so that Airflow knows the ``[cmf]`` section and ``airflow config list`` shows it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cmf_airflow.version import __version__
+
+
+def _option(description: str, kind: str, default: str | None, example: str | None = None) -> dict[str, Any]:
+    return {
+        "description": description,
+        "version_added": "0.1.0",
+        "type": kind,
+        "example": example,
+        "default": default,
+    }
+
+
+CMF_OPTIONS: dict[str, dict[str, Any]] = {
+    "enabled": _option(
+        "Record every task instance as a CMF execution. Set to False to turn the listener off "
+        "without uninstalling the package.",
+        "boolean",
+        "True",
+    ),
+    "store": _option(
+        "The local ML Metadata store: the path of an SQLite file. Empty means "
+        "$AIRFLOW_HOME/cmf/mlmd.sqlite.",
+        "string",
+        "",
+        "/var/lib/airflow/cmf/mlmd.sqlite",
+    ),
+    "site": _option(
+        "The id of this site, written on every execution and part of every execution's uuid. Empty means "
+        "an id generated once per local store and kept in it.",
+        "string",
+        "",
+        "edge-lab-01",
+    ),
+    "include_dags": _option(
+        "Comma-separated DAG ids or shell-style patterns (fnmatch) to record. Empty means every DAG.",
+        "string",
+        "",
+        "ml_*, reporting",
+    ),
+    "exclude_dags": _option(
+        "Comma-separated DAG ids or shell-style patterns (fnmatch) never to record. Exclusion wins over "
+        "inclusion.",
+        "string",
+        "",
+        "cmf_sync, tmp_*",
+    ),
+    "hash_cache": _option(
+        "The SQLite file that caches file hashes by path, inode, size and modification time. Empty means "
+        "hash_cache.sqlite in the folder of the local store.",
+        "string",
+        "",
+        "/var/lib/airflow/cmf/hash_cache.sqlite",
+    ),
+    "lock_timeout": _option(
+        "Seconds the listener waits for the local SQLite store's write lock before it gives up on one record "
+        "with a warning; the task itself never waits longer than this.",
+        "float",
+        "10.0",
+    ),
+}
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Return the provider description that Airflow's providers manager reads through the entry point."""
+    return {
+        "package-name": "cmf-airflow",
+        "name": "Common Metadata Framework (CMF)",
+        "description": "Records Airflow task instances, their artifacts and git provenance as CMF lineage in "
+        "ML Metadata.",
+        "versions": [__version__],
+        "config": {
+            "cmf": {
+                "description": "cmf-airflow: CMF lineage of every task instance.",
+                "options": CMF_OPTIONS,
+            }
+        },
+    }

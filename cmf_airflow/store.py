@@ -1,0 +1,99 @@
+"""Opening the local MLMD store, and the lock that serialises writers of one SQLite store."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ml_metadata.metadata_store import MetadataStore
+
+# MLMD's SqliteMetadataSourceConfig.ConnectionMode values.
+_SQLITE_READONLY = 1
+_SQLITE_READWRITE_OPENCREATE = 3
+
+_LOCK_POLL_SECONDS = 0.005
+
+
+class StoreError(Exception):
+    """The local store cannot be opened or written; the message names the store and what to do."""
+
+
+class StoreLockTimeout(StoreError):
+    """Another process held the store's write lock for longer than ``[cmf] lock_timeout``."""
+
+
+def open_store(path: str, *, read_only: bool = False) -> MetadataStore:
+    """Open the MLMD SQLite store at ``path``, creating it (and its folder) unless ``read_only``."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    if read_only and not os.path.exists(path):
+        raise StoreError(
+            f"no CMF store at {path}: run a DAG with cmf-airflow enabled first, or pass --store"
+        )
+    if not read_only:
+        _make_folder(path)
+
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = path
+    config.sqlite.connection_mode = _SQLITE_READONLY if read_only else _SQLITE_READWRITE_OPENCREATE
+    try:
+        return metadata_store.MetadataStore(config)
+    except Exception as error:  # MLMD raises its own error types, and RuntimeError for a non-database file
+        raise StoreError(
+            f"cannot open CMF store {path}: {error}. Check that it is an MLMD SQLite file and that this user "
+            "can write it, or point [cmf] store at another path"
+        ) from error
+
+
+@contextlib.contextmanager
+def write_lock(path: str, timeout: float) -> Iterator[None]:
+    """Hold an exclusive lock beside the store at ``path``, waiting at most ``timeout`` seconds for it.
+
+    SQLite lets one writer in at a time and MLMD gives up on a busy database at once, so every process that
+    writes the store takes this lock first. It is an advisory ``flock``: the kernel drops it when a task
+    process dies, so a crashed task never blocks the others.
+    """
+    lock_path = f"{path}.lock"
+    _make_folder(lock_path)
+    try:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o664)
+    except OSError as error:
+        raise StoreError(f"cannot create lock file {lock_path}: {error.strerror}; check the folder's "
+                         "permissions or point [cmf] store elsewhere") from error
+    try:
+        _acquire(descriptor, lock_path, timeout)
+        yield
+    finally:
+        os.close(descriptor)  # closing the descriptor releases the flock
+
+
+def _acquire(descriptor: int, lock_path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise StoreError(f"cannot lock {lock_path}: {error.strerror}") from error
+        if time.monotonic() >= deadline:
+            raise StoreLockTimeout(
+                f"timed out after {timeout:g} s waiting for the write lock {lock_path}; another process holds "
+                "it. Raise [cmf] lock_timeout if tasks often finish together"
+            )
+        time.sleep(_LOCK_POLL_SECONDS)
+
+
+def _make_folder(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"cannot create the folder {folder} of the CMF store: {error.strerror}") from error

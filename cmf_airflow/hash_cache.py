@@ -96,7 +96,7 @@ class HashCache:
                 return None
         if row is None:
             return None
-        if row[:3] != (to_sqlite_int(inode), size, mtime_ns):
+        if row[1:3] != (size, mtime_ns):
             return None
         return row[3]
 

@@ -1,0 +1,139 @@
+"""The example ML pipeline end to end: five real tasks, their lineage, and DVC-identical hashes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import EXAMPLE_DATA, REPO_ROOT, load_dag, make_git_repo, open_read_only
+from ml_metadata.proto import metadata_store_pb2 as mlmd
+
+from cmf_airflow.lineage import find_artifacts, read_pipelines, upstream
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+
+@pytest.fixture(scope="module")
+def pipeline_store(tmp_path_factory) -> Path:
+    """Run dags_examples/ml_pipeline.py once under Airflow and return its CMF store."""
+    folder = tmp_path_factory.mktemp("pipeline")
+    store = folder / "mlmd.sqlite"
+    patch = pytest.MonkeyPatch()
+    patch.setenv("AIRFLOW__CMF__STORE", str(store))
+    patch.setenv("AIRFLOW__CMF__HASH_CACHE", str(folder / "hash_cache.sqlite"))
+    patch.setenv("AIRFLOW__CMF__SITE", "pipeline-site")
+    patch.setenv("AIRFLOW__CMF__ENABLED", "True")
+    try:
+        dag_run = load_dag(REPO_ROOT / "dags_examples" / "ml_pipeline.py", "ml_pipeline").test()
+        assert str(dag_run.state) == "success"
+        yield store
+    finally:
+        patch.undo()
+
+
+def _dvc_md5(path: Path, workspace: Path) -> str:
+    """Copy ``path`` into a fresh git+DVC workspace, ``dvc add`` it and return the md5 of its .dvc file."""
+    make_git_repo(workspace)
+    subprocess.run([DVC, "init", "-q"], cwd=workspace, check=True)
+    copy = workspace / path.name
+    if path.is_dir():
+        shutil.copytree(path, copy)
+    else:
+        shutil.copy2(path, copy)
+    subprocess.run([DVC, "add", "-q", copy.name], cwd=workspace, check=True)
+    document = yaml.safe_load((workspace / f"{copy.name}.dvc").read_text())
+    return document["outs"][0]["md5"]
+
+
+def test_pipeline_records_five_successful_executions(pipeline_store):
+    [pipeline] = read_pipelines(open_read_only(pipeline_store), "ml_pipeline")
+    executions = [execution for stage in pipeline.stages for execution in stage.executions]
+
+    assert sorted(stage.name for stage in pipeline.stages) == [
+        "ml_pipeline/evaluate",
+        "ml_pipeline/featurize",
+        "ml_pipeline/ingest",
+        "ml_pipeline/split",
+        "ml_pipeline/train",
+    ]
+    assert len(executions) == 5
+    assert {execution.state for execution in executions} == {"COMPLETE"}
+    assert {execution.airflow_state for execution in executions} == {"success"}
+
+
+def test_model_lineage_reaches_the_raw_data(pipeline_store):
+    store = open_read_only(pipeline_store)
+    [model] = find_artifacts(store, "model.pkl")
+    steps = [(execution.stage, source.url) for execution, source in upstream(store, model.id)]
+
+    assert steps == [
+        ("ml_pipeline/train", f"file://{EXAMPLE_DATA / 'features'}"),
+        ("ml_pipeline/featurize", f"file://{EXAMPLE_DATA / 'split'}"),
+        ("ml_pipeline/split", f"file://{EXAMPLE_DATA / 'raw' / 'digits.csv'}"),
+    ]
+
+
+def test_pipeline_artifacts_have_the_md5_dvc_gives(pipeline_store, tmp_path):
+    store = open_read_only(pipeline_store)
+    artifacts = store.get_artifacts()
+
+    assert len(artifacts) == 5  # raw csv, split dir, features dir, model, metrics
+    for index, artifact in enumerate(artifacts):
+        path = Path(artifact.properties["url"].string_value.removeprefix("file://"))
+        assert artifact.uri == _dvc_md5(path, tmp_path / f"workspace-{index}"), path
+
+
+def test_pipeline_executions_carry_the_dag_files_commit(pipeline_store):
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"the checkout at {REPO_ROOT} has no git commit; the pipeline test needs one")
+    commits = {
+        execution.properties["Git_End_Commit"].string_value
+        for execution in open_read_only(pipeline_store).get_executions()
+    }
+
+    assert commits == {result.stdout.strip()}
+
+
+def test_lineage_command_prints_the_pipeline(pipeline_store):
+    result = subprocess.run(
+        [sys.executable, "-m", "cmf_airflow.cli", "lineage", "--store", str(pipeline_store), "--upstream",
+         "model.pkl"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
+    store = open_read_only(pipeline_store)
+    [raw] = find_artifacts(store, "digits.csv")
+
+    assert result.returncode == 0, result.stderr
+    assert "Pipeline ml_pipeline: 5 stage(s), 5 execution(s)" in result.stdout
+    assert "Stage ml_pipeline/train" in result.stdout
+    assert f"output Dataset file://{EXAMPLE_DATA / 'raw' / 'digits.csv'}  md5 {raw.uri}" in result.stdout
+    assert "ml_pipeline/split (execution 2) read " + f"{EXAMPLE_DATA / 'raw' / 'digits.csv'}:{raw.uri}" in (
+        result.stdout
+    )
+
+
+def test_lineage_command_names_a_missing_store(tmp_path):
+    missing = tmp_path / "nowhere.sqlite"
+    result = subprocess.run(
+        [sys.executable, "-m", "cmf_airflow.cli", "lineage", "--store", str(missing)],
+        capture_output=True,
+        text=True,
+    )
+
+    assert result.returncode == 1
+    assert f"no CMF store at {missing}" in result.stderr
+    assert not missing.exists()
+
+
+def test_execution_states_are_mlmd_complete(pipeline_store):
+    states = {e.last_known_state for e in open_read_only(pipeline_store).get_executions()}
+
+    assert states == {mlmd.Execution.COMPLETE}

@@ -104,9 +104,11 @@ def find_artifacts(store: MetadataStore, text: str) -> list[ArtifactView]:
 
 def _read_pipeline(store: MetadataStore, pipeline: mlmd.Context) -> PipelineView:
     stages = []
-    for stage in sorted(store.get_children_contexts_by_context(pipeline.id), key=lambda c: c.name):
+    for stage in store.get_children_contexts_by_context(pipeline.id):
         executions = sorted(store.get_executions_by_context(stage.id), key=lambda e: e.id)
         stages.append(StageView(name=stage.name, executions=tuple(_execution_views(store, executions))))
+    # Stages in the order they first ran, which for a pipeline is its topological order.
+    stages.sort(key=lambda view: (view.executions[0].id if view.executions else 0, view.name))
     return PipelineView(name=pipeline.name, stages=tuple(stages))
 
 

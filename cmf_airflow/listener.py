@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.listeners import hookimpl
 
@@ -20,8 +20,10 @@ from cmf_airflow.artifacts import resolve
 from cmf_airflow.hash_cache import HashCache
 from cmf_airflow.model import ArtifactRecord, HashState, TaskOutcome, TaskRun
 from cmf_airflow.provenance import git_info
-from cmf_airflow.recorder import Recorder
 from cmf_airflow.store import open_store, write_lock
+
+if TYPE_CHECKING:
+    from cmf_airflow.recorder import Recorder
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +127,10 @@ class CmfListener:
         opened = self._open.get(key)
         if opened is not None and os.path.exists(path):
             return opened
+
+        # Imported here, not at the top: ML Metadata takes most of a second to import, and the scheduler and
+        # API server load this plugin without ever recording.
+        from cmf_airflow.recorder import Recorder
 
         recorder = Recorder(open_store(path))
         site = conf.site()

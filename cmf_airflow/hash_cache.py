@@ -20,10 +20,10 @@ CachedFile = tuple[int, int, int, str]
 #: A row to store: ``(absolute path as bytes, inode, size, mtime_ns, md5)``.
 CacheRow = tuple[bytes, int, int, int, str]
 
-#: Files modified less than this long before they were examined are not cached. A
-#: filesystem stores mtime with limited granularity (1 s on ext3 and HFS+, 2 s on FAT),
-#: so a second write inside the same tick would leave size and mtime unchanged and the
-#: cache would return the md5 of the first content.
+#: Files modified less than this long before they were examined are not cached.
+#: Filesystems store mtime with limited granularity (1 s on ext3 and HFS+, 2 s on FAT).
+#: A second write inside the same tick leaves size and mtime unchanged, so a cached md5
+#: of the first content would be returned for the second.
 RACY_WINDOW_NS = 2_000_000_000
 
 DEFAULT_BUSY_TIMEOUT_S = 0.25
@@ -37,6 +37,21 @@ CREATE TABLE IF NOT EXISTS file_md5 (
     md5 TEXT NOT NULL
 ) WITHOUT ROWID
 """
+
+# One row per hashed directory: a fingerprint of the stat fields of all its files and the resulting
+# ``.dir`` md5. A warm re-hash whose walk yields the same fingerprint skips the per-file comparison.
+_DIRECTORY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS directory_md5 (
+    path BLOB PRIMARY KEY,
+    fingerprint BLOB NOT NULL,
+    md5 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    file_count INTEGER NOT NULL
+) WITHOUT ROWID
+"""
+
+#: A cached directory: ``(fingerprint, md5 with ".dir", total size, file count)``.
+CachedDirectory = tuple[bytes, str, int, int]
 
 _INT64_LIMIT = 1 << 63
 
@@ -57,16 +72,20 @@ class HashCache:
     modified within ``RACY_WINDOW_NS`` of being examined are never stored.
 
     The database runs in WAL mode with a short busy timeout, so many Airflow task
-    processes can read it while one writes. Every SQLite or OS error is logged at debug
-    level and turns that one call into a cache miss (or a skipped write), so a locked,
-    corrupt or unwritable database slows hashing down but never fails it. The connection
-    opens on first use and reopens after an error or in a forked child process.
+    processes can read it while one writes. Every ``sqlite3.Error`` and ``OSError`` is
+    logged at debug level and turns that one call into a cache miss (or a skipped
+    write), so a locked, corrupt or unwritable database slows hashing down without
+    raising. The connection opens on first use and reopens after an error or in a
+    forked child process.
+
+    NOTE: a row is deleted only when a re-hash of a directory above it finds the file
+    gone, so rows for files hashed on their own and later deleted stay in the database.
     """
 
     def __init__(
         self, path: str | os.PathLike[str], *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S
     ) -> None:
-        """Create a cache stored in the SQLite file *path*; missing parent directories are created on first use."""
+        """Create a cache stored in the SQLite file *path*, whose parent directories are created on first use."""
         if busy_timeout_s < 0:
             raise ValueError(f"busy_timeout_s must be >= 0, got {busy_timeout_s!r}")
         self._path = Path(os.path.abspath(os.fspath(path)))
@@ -96,7 +115,7 @@ class HashCache:
                 return None
         if row is None:
             return None
-        if row[1:3] != (size, mtime_ns):
+        if row[:3] != (to_sqlite_int(inode), size, mtime_ns):
             return None
         return row[3]
 
@@ -119,6 +138,48 @@ class HashCache:
             except (sqlite3.Error, OSError) as exc:
                 self._drop_connection("look up a directory", exc)
                 return {}
+
+    def lookup_directory(self, directory: bytes) -> CachedDirectory | None:
+        """Return the cached fingerprint and hash of the absolute *directory*, or None."""
+        with self._lock:
+            try:
+                row = (
+                    self._connect()
+                    .execute(
+                        "SELECT fingerprint, md5, size, file_count FROM directory_md5 WHERE path = ?",
+                        (directory,),
+                    )
+                    .fetchone()
+                )
+            except (sqlite3.Error, OSError) as exc:
+                self._drop_connection("look up a directory hash", exc)
+                return None
+        return None if row is None else (bytes(row[0]), row[1], row[2], row[3])
+
+    def store_directory(
+        self,
+        directory: bytes,
+        entry: CachedDirectory,
+        *,
+        newest_mtime_ns: int,
+        observed_at_ns: int,
+    ) -> None:
+        """Store the fingerprint and hash of *directory*, unless a file in it changed too recently.
+
+        *newest_mtime_ns* is the newest mtime among the directory's files; the same racy window as for
+        single files applies, since a fingerprint of stat fields cannot see a second write in one tick.
+        """
+        if newest_mtime_ns > observed_at_ns - RACY_WINDOW_NS:
+            return
+        with self._lock:
+            try:
+                self._connect().execute(
+                    "INSERT OR REPLACE INTO directory_md5 (path, fingerprint, md5, size, file_count)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (directory, *entry),
+                )
+            except (sqlite3.Error, OSError) as exc:
+                self._drop_connection("store a directory hash", exc)
 
     def store_many(
         self,
@@ -164,7 +225,7 @@ class HashCache:
                 self._drop_connection(f"store {len(safe_rows)} entries", exc)
 
     def close(self) -> None:
-        """Close the database connection; a later call reopens it."""
+        """Close the database connection, which the next lookup or store reopens."""
         with self._lock:
             if self._connection is not None and self._connection_pid == os.getpid():
                 try:
@@ -213,6 +274,7 @@ class HashCache:
             # most the last transactions and those files are simply hashed again.
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute(_SCHEMA)
+            connection.execute(_DIRECTORY_SCHEMA)
         except BaseException:
             connection.close()
             raise

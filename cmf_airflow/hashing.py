@@ -30,13 +30,14 @@ import errno
 import hashlib
 import json.encoder
 import logging
+import marshal
 import os
 import re
 import stat
 import sys
 import time
 from dataclasses import dataclass
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING
 
 from cmf_airflow.hash_cache import CacheRow, rows_to_remove, to_sqlite_int
@@ -46,8 +47,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Bytes read per system call. 1 MiB matches DVC's chunk size and keeps the md5 loop,
-#: not the Python overhead, as the cost on large files.
+#: Bytes read per system call. 1 MiB is also DVC's chunk size (dvc_data.hashfile.hash.fobj_md5)
+#: and makes md5 itself, not the per-read Python overhead, the cost on large files.
 READ_BUFFER_SIZE = 1 << 20
 
 #: Suffix that DVC appends to the md5 of a directory listing.
@@ -62,6 +63,9 @@ _quote_json_string = json.encoder.encode_basestring_ascii
 # os.fsdecode() with its arguments bound once, because the walk decodes every name.
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
+
+# The stat fields that the cache compares; attrgetter keeps the per-file loop in C.
+_STAT_FIELDS = attrgetter("st_ino", "st_size", "st_mtime_ns")
 
 _GIT_NAME = b".git"
 _DVC_NAME = b".dvc"
@@ -123,8 +127,8 @@ def hash_path(path: str | os.PathLike[str], cache: HashCache | None = None) -> C
     rejects such a directory), and patterns from ``.dvcignore`` files above it are not
     known here. A ``.dvc`` entry directly inside the hashed directory is hashed like
     any other entry, while ``dvc add`` would take the directory for a nested DVC
-    repository and record an empty listing. Sockets, FIFOs and device files inside a directory are skipped with a
-    warning (``dvc add`` would try to read them).
+    repository and record an empty listing. Sockets, FIFOs and device files inside a
+    directory are skipped with a warning (``dvc add`` would try to read them).
 
     Raises:
         FileNotFoundError: *path* does not exist, or a symbolic link below it is broken.
@@ -175,6 +179,13 @@ def _hash_directory(
     files = _scan_directory(root)
     files.sort(key=itemgetter(0))
 
+    fingerprint = b""
+    if cache is not None:
+        fingerprint = _fingerprint(files)
+        known = cache.lookup_directory(root)
+        if known is not None and known[0] == fingerprint:
+            return ContentHash(md5=known[1], size=known[2], file_count=known[3])
+
     cached = cache.lookup_tree(root) if cache is not None else {}
     buffer = memoryview(bytearray(READ_BUFFER_SIZE))
     new_rows: list[CacheRow] = []
@@ -206,7 +217,29 @@ def _hash_directory(
 
     listing = "[" + ", ".join(parts) + "]"
     digest = hashlib.md5(listing.encode("ascii"), usedforsecurity=False).hexdigest()
-    return ContentHash(md5=digest + DIR_SUFFIX, size=total_size, file_count=len(files))
+    result = ContentHash(md5=digest + DIR_SUFFIX, size=total_size, file_count=len(files))
+    if cache is not None:
+        newest_mtime_ns = max((file[2].st_mtime_ns for file in files), default=0)
+        cache.store_directory(
+            root,
+            (fingerprint, result.md5, result.size, len(files)),
+            newest_mtime_ns=newest_mtime_ns,
+            observed_at_ns=observed_at_ns,
+        )
+    return result
+
+
+def _fingerprint(files: list[_ScannedFile]) -> bytes:
+    """Digest the path and (inode, size, mtime) of every file, in listing order.
+
+    Equal fingerprints mean no file was added, removed, renamed, replaced, resized or touched since the
+    directory was last hashed. marshal is the fastest stable serialisation of these tuples; its format
+    may change between Python versions, which only turns a hit into a miss.
+    """
+    # A NUL byte cannot occur in a path, so joining on it keeps the path list unambiguous.
+    digest = hashlib.md5(b"\0".join(map(itemgetter(1), files)), usedforsecurity=False)
+    digest.update(marshal.dumps(list(map(_STAT_FIELDS, map(itemgetter(2), files)))))
+    return digest.digest()
 
 
 def _scan_directory(root: bytes) -> list[_ScannedFile]:
@@ -230,7 +263,8 @@ def _scan_directory(root: bytes) -> list[_ScannedFile]:
                     if os.path.exists(os.path.join(entry.path, _DVC_NAME)):
                         logger.debug("Skipping nested DVC repository %r", os.fsdecode(entry.path))
                         continue
-                    pending.append((entry.path, f"{prefix}{name.decode(_FS_ENCODING, _FS_ERRORS)}/"))
+                    relpath = prefix + name.decode(_FS_ENCODING, _FS_ERRORS)
+                    pending.append((entry.path, relpath + "/"))
                     continue
 
                 try:
@@ -247,7 +281,8 @@ def _scan_directory(root: bytes) -> list[_ScannedFile]:
                 if not stat.S_ISREG(status.st_mode):
                     special_files.append(entry.path)
                     continue
-                files.append((prefix + name.decode(_FS_ENCODING, _FS_ERRORS), entry.path, status))
+                relpath = prefix + name.decode(_FS_ENCODING, _FS_ERRORS)
+                files.append((relpath, entry.path, status))
 
     if special_files:
         logger.warning(

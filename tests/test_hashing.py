@@ -46,7 +46,7 @@ def _build_binary_file(target: Path) -> None:
 
 
 def _build_crlf_text_file(target: Path) -> None:
-    # DVC 3 hashes raw bytes; DVC 2 normalised CRLF to LF first ("md5-dos2unix").
+    # DVC 3 hashes the raw bytes. DVC 2 converted CRLF to LF first ("md5-dos2unix").
     _write(target, "id,name\r\n1,caf\u00e9\r\n2,na\u00efve\r\n".encode())
 
 
@@ -197,7 +197,7 @@ def test_hash_path_with_cache_matches_dvc_add(
     assert warm.size == recorded["size"]
 
 
-def test_empty_directory_hash_is_md5_of_empty_listing(tmp_path: Path) -> None:
+def test_empty_directory_hashes_empty_listing(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
 
     result = hash_path(tmp_path / "empty")
@@ -294,6 +294,9 @@ def test_content_hash_rejects_malformed_md5() -> None:
         ContentHash(md5="not-an-md5", size=0)
     with pytest.raises(ValueError, match="must end with '.dir'"):
         ContentHash(md5="d41d8cd98f00b204e9800998ecf8427e", size=0, file_count=0)
+
+
+def test_content_hash_rejects_negative_size() -> None:
     with pytest.raises(ValueError, match="size must be >= 0"):
         ContentHash(md5="d41d8cd98f00b204e9800998ecf8427e", size=-1)
 
@@ -512,3 +515,38 @@ def test_cache_shared_by_concurrent_processes(tmp_path: Path) -> None:
     for worker, (stdout, stderr) in zip(workers, outputs):
         assert worker.returncode == 0, stderr
         assert stdout.split() == [expected] * 5
+
+
+def _directory_rows(cache: HashCache) -> list[tuple[bytes, str]]:
+    with sqlite3.connect(cache.path) as connection:
+        return [(bytes(path), md5) for path, md5 in connection.execute("SELECT path, md5 FROM directory_md5")]
+
+
+@pytest.mark.parametrize("change", ["add", "remove", "rename"])
+def test_directory_layout_change_rehashes(tmp_path: Path, cache: HashCache, change: str) -> None:
+    directory = tmp_path / "data"
+    for index in range(3):
+        _old_file(directory / f"part-{index}.csv", f"row,{index}\n".encode())
+    first = hash_path(directory, cache)
+
+    if change == "add":
+        _old_file(directory / "nested" / "part-9.csv", b"row,9\n")
+    elif change == "remove":
+        (directory / "part-1.csv").unlink()
+    else:
+        os.rename(directory / "part-1.csv", directory / "part-1-renamed.csv")
+    result = hash_path(directory, cache)
+
+    assert result.md5 != first.md5
+    assert result.md5 == _uncached_md5(directory)
+
+
+def test_directory_hash_is_cached_once_files_are_old(tmp_path: Path, cache: HashCache) -> None:
+    old = tmp_path / "old"
+    fresh = tmp_path / "fresh"
+    _old_file(old / "a.csv", b"a\n")
+    _write(fresh / "a.csv", b"a\n")
+    old_hash = hash_path(old, cache)
+    hash_path(fresh, cache)
+
+    assert _directory_rows(cache) == [(os.fsencode(str(old)), old_hash.md5)]

@@ -83,8 +83,11 @@ def is_task_process_instance(task_instance: Any) -> bool:
     return getattr(task_instance, "task", None) is not None
 
 
-def task_facts(task_instance: Any) -> TaskFacts:
-    """Read the facts of a task instance that the listener records, on either Airflow version."""
+def task_facts(task_instance: Any, *, with_params: bool = True) -> TaskFacts:
+    """Read the facts of a task instance that the listener records, on either Airflow version.
+
+    ``with_params=False`` leaves ``params`` empty, for a hook whose execution already holds them.
+    """
     task = task_instance.task
     dag = getattr(task, "dag", None)
     state = getattr(task_instance, "state", None)
@@ -102,7 +105,7 @@ def task_facts(task_instance: Any) -> TaskFacts:
         dag_file=getattr(dag, "fileloc", None),
         inlets=tuple(getattr(task, "inlets", None) or ()),
         outlets=tuple(getattr(task, "outlets", None) or ()),
-        params=_params(task_instance, task),
+        params=_params(task_instance, task) if with_params else {},
     )
 
 

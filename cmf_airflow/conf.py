@@ -1,16 +1,58 @@
 """One accessor per ``[cmf]`` option; nothing else in cmf-airflow reads Airflow's configuration.
 
 Each accessor reads the option on every call, so that ``AIRFLOW__CMF__*`` variables set by a test or a
-deployment take effect without a restart of the process.
+deployment take effect without a restart of the process. ``settings()`` bundles them for the listener.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from cmf_airflow.compat import airflow_conf, airflow_home
 
 SECTION = "cmf"
+_ENVIRONMENT_PREFIX = "AIRFLOW__CMF__"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every ``[cmf]`` option, read together."""
+
+    enabled: bool
+    store: str
+    site: str | None
+    include_dags: tuple[str, ...]
+    exclude_dags: tuple[str, ...]
+    hash_cache: str
+    lock_timeout: float
+
+
+_settings_cache: tuple[tuple[tuple[str, str], ...], Settings] | None = None
+
+
+def settings() -> Settings:
+    """Return all ``[cmf]`` options, read again only when an ``AIRFLOW__CMF__*`` variable changed.
+
+    Airflow reads airflow.cfg once per process but environment variables on every lookup, so those variables
+    are the only input that can change while a process runs; each lookup costs tens of microseconds, and
+    the listener needs every option twice per task.
+    """
+    global _settings_cache
+    key = tuple(sorted(item for item in os.environ.items() if item[0].startswith(_ENVIRONMENT_PREFIX)))
+    if _settings_cache is not None and _settings_cache[0] == key:
+        return _settings_cache[1]
+    value = Settings(
+        enabled=enabled(),
+        store=store(),
+        site=site(),
+        include_dags=include_dags(),
+        exclude_dags=exclude_dags(),
+        hash_cache=hash_cache(),
+        lock_timeout=lock_timeout(),
+    )
+    _settings_cache = (key, value)
+    return value
 
 
 def enabled() -> bool:

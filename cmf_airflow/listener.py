@@ -46,23 +46,24 @@ class CmfListener:
 
     @hookimpl
     def on_task_instance_running(self, previous_state: Any, task_instance: Any) -> None:
-        self._guarded("running", task_instance, lambda: self._record_start(task_instance))
+        self._guarded("running", task_instance, self._record_start)
 
     @hookimpl
     def on_task_instance_success(self, previous_state: Any, task_instance: Any) -> None:
-        self._guarded("success", task_instance, lambda: self._record_end(task_instance, "success", None))
+        self._guarded("success", task_instance, lambda ti, settings: self._record_end(ti, settings, "success"))
 
     @hookimpl
     def on_task_instance_failed(self, previous_state: Any, task_instance: Any, error: Any = None) -> None:
-        self._guarded("failed", task_instance, lambda: self._record_end(task_instance, None, error))
+        self._guarded("failed", task_instance, lambda ti, settings: self._record_end(ti, settings, None, error))
 
     def _guarded(self, hook: str, task_instance: Any, record: Any) -> None:
         try:
-            if not conf.enabled() or not compat.is_task_process_instance(task_instance):
+            settings = conf.settings()
+            if not settings.enabled or not compat.is_task_process_instance(task_instance):
                 return
-            if not _dag_selected(task_instance.dag_id):
+            if not _dag_selected(task_instance.dag_id, settings):
                 return
-            record()
+            record(task_instance, settings)
         except Exception as error:
             # One warning per task try: a broken store fails the start and the end hook alike.
             key = _try_key(task_instance)
@@ -72,22 +73,28 @@ class CmfListener:
             self._warned.add(key)
             logger.warning("CMF lineage not recorded for task try %s (%s hook): %s", key, hook, error)
 
-    def _record_start(self, task_instance: Any) -> None:
-        facts = compat.task_facts(task_instance)
-        opened = self._store_for_process()
+    def _record_start(self, task_instance: Any, settings: conf.Settings) -> None:
+        facts = compat.task_facts(task_instance, with_params=True)
+        opened = self._store_for_process(settings)
         inputs = self._resolve_all(facts.inlets, "inlet", opened)
         run = _task_run(facts, opened.site)
         git = git_info(facts.dag_file)
 
-        with write_lock(conf.store(), conf.lock_timeout()):
+        with write_lock(settings.store, settings.lock_timeout):
             execution = opened.recorder.record_start(run, inputs, git)
         self._recorded_inputs[_try_key(task_instance)] = inputs
         logger.debug("CMF execution %s started for %s", execution.id, run.stage_name)
 
-    def _record_end(self, task_instance: Any, state: str | None, error: Any) -> None:
-        facts = compat.task_facts(task_instance)
-        opened = self._store_for_process()
+    def _record_end(
+        self, task_instance: Any, settings: conf.Settings, state: str | None, error: Any = None
+    ) -> None:
+        # When the start hook could not record, the inputs and params go along now and the execution is
+        # created whole.
+        inputs = self._recorded_inputs.pop(_try_key(task_instance), None)
+        facts = compat.task_facts(task_instance, with_params=inputs is None)
+        opened = self._store_for_process(settings)
         outputs = self._resolve_all(facts.outlets, "outlet", opened)
+        unrecorded_inputs = [] if inputs is not None else self._resolve_all(facts.inlets, "inlet", opened)
         run = _task_run(facts, opened.site)
         git = git_info(facts.dag_file)
         outcome = TaskOutcome(
@@ -96,10 +103,7 @@ class CmfListener:
             error=compat.error_text(error),
         )
 
-        # When the start hook could not record, the inputs go along now and the execution is created whole.
-        inputs = self._recorded_inputs.pop(_try_key(task_instance), None)
-        unrecorded_inputs = [] if inputs is not None else self._resolve_all(facts.inlets, "inlet", opened)
-        with write_lock(conf.store(), conf.lock_timeout()):
+        with write_lock(settings.store, settings.lock_timeout):
             execution = opened.recorder.record_end(run, outcome, outputs, git, unrecorded_inputs)
         inputs = inputs if inputs is not None else unrecorded_inputs
         logger.info(
@@ -110,7 +114,7 @@ class CmfListener:
             outcome.state,
             len(inputs),
             len(outputs),
-            conf.store(),
+            settings.store,
         )
 
     def _resolve_all(self, entities: tuple[Any, ...], role: str, opened: _OpenStore) -> list[ArtifactRecord]:
@@ -120,32 +124,31 @@ class CmfListener:
                 logger.warning("cannot hash %s %s: file does not exist (recorded as missing)", role, record.path)
         return records
 
-    def _store_for_process(self) -> _OpenStore:
+    def _store_for_process(self, settings: conf.Settings) -> _OpenStore:
         # Keyed by process id: an SQLite connection inherited across fork() must not be used by the child.
-        path = conf.store()
-        key = (os.getpid(), path)
+        key = (os.getpid(), settings.store)
         opened = self._open.get(key)
-        if opened is not None and os.path.exists(path):
+        if opened is not None and os.path.exists(settings.store):
             return opened
 
         # Imported here, not at the top: ML Metadata takes most of a second to import, and the scheduler and
         # API server load this plugin without ever recording.
         from cmf_airflow.recorder import Recorder
 
-        recorder = Recorder(open_store(path))
-        site = conf.site()
+        recorder = Recorder(open_store(settings.store))
+        site = settings.site
         if site is None:
-            with write_lock(path, conf.lock_timeout()):
+            with write_lock(settings.store, settings.lock_timeout):
                 site = recorder.site_id()
-        opened = _OpenStore(recorder=recorder, hash_cache=HashCache(conf.hash_cache()), site=site)
+        opened = _OpenStore(recorder=recorder, hash_cache=HashCache(settings.hash_cache), site=site)
         self._open[key] = opened
         return opened
 
 
-def _dag_selected(dag_id: str) -> bool:
-    if any(fnmatch.fnmatchcase(dag_id, pattern) for pattern in conf.exclude_dags()):
+def _dag_selected(dag_id: str, settings: conf.Settings) -> bool:
+    if any(fnmatch.fnmatchcase(dag_id, pattern) for pattern in settings.exclude_dags):
         return False
-    included = conf.include_dags()
+    included = settings.include_dags
     return not included or any(fnmatch.fnmatchcase(dag_id, pattern) for pattern in included)
 
 

@@ -1,14 +1,27 @@
-"""Git provenance of a DAG file: remote URL, HEAD commit and dirty flag, looked up once per process."""
+"""Git provenance of a DAG file: remote URL, HEAD commit and dirty flag, looked up once per process.
+
+Each task try runs in a process of its own, so the lookup runs the ``git`` command directly (three short
+calls) instead of importing GitPython, whose import alone costs a task process more than a quarter second.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
 import os
+import subprocess
 
 from cmf_airflow.model import GitInfo
 
 logger = logging.getLogger(__name__)
+
+# A git call that takes longer than this (a repository on a hung network file system) is abandoned, so the
+# listener never holds a task for long; the execution is then recorded without git provenance.
+GIT_TIMEOUT_SECONDS = 10.0
+
+
+class _GitError(Exception):
+    pass
 
 
 def git_info(dag_file: str | None) -> GitInfo | None:
@@ -24,39 +37,65 @@ def git_info(dag_file: str | None) -> GitInfo | None:
 
 @functools.lru_cache(maxsize=64)
 def _git_info_of_folder(folder: str) -> GitInfo | None:
-    import git
-
     try:
-        repo = git.Repo(folder, search_parent_directories=True)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        root = _git(folder, "rev-parse", "--show-toplevel")
+    except _GitError as error:
         logger.warning(
-            "DAG folder %s is not inside a git repository: executions are recorded without git commit",
-            folder,
+            "DAG folder %s is not inside a git repository: executions are recorded without git commit", folder
         )
+        logger.debug("git rev-parse in %s: %s", folder, error)
+        return None
+    except (OSError, subprocess.TimeoutExpired) as error:
+        logger.warning("cannot read git provenance of %s (%s): executions are recorded without it", folder, error)
         return None
 
-    with repo:
-        try:
-            commit = repo.head.commit.hexsha
-        except ValueError:
-            logger.warning("git repository %s has no commit yet: executions are recorded without one",
-                           repo.working_dir)
-            return None
-        return GitInfo(
-            remote_url=_remote_url(repo),
-            commit=commit,
-            dirty=repo.is_dirty(untracked_files=False),
-            root=str(repo.working_dir),
-        )
-
-
-def _remote_url(repo) -> str:
-    # CMF records the remote the code came from; a repository without remotes is identified by its folder.
-    remotes = {remote.name: remote for remote in repo.remotes}
-    remote = remotes.get("origin") or next(iter(remotes.values()), None)
-    if remote is None:
-        return str(repo.working_dir)
     try:
-        return next(iter(remote.urls))
-    except StopIteration:
-        return str(repo.working_dir)
+        status = _git(root, "status", "--porcelain=v2", "--branch", "--untracked-files=no")
+        commit, dirty = _parse_status(status)
+        if commit is None:
+            logger.warning("git repository %s has no commit yet: executions are recorded without one", root)
+            return None
+        return GitInfo(remote_url=_remote_url(root), commit=commit, dirty=dirty, root=root)
+    except (_GitError, OSError, subprocess.TimeoutExpired) as error:
+        logger.warning("cannot read git provenance of %s (%s): executions are recorded without it", root, error)
+        return None
+
+
+def _parse_status(status: str) -> tuple[str | None, bool]:
+    """Return (HEAD commit or None before the first commit, whether tracked files differ from it)."""
+    commit = None
+    dirty = False
+    for line in status.splitlines():
+        if line.startswith("# branch.oid "):
+            value = line.removeprefix("# branch.oid ").strip()
+            commit = None if value == "(initial)" else value
+        elif line and not line.startswith("#"):
+            dirty = True
+    return commit, dirty
+
+
+def _remote_url(root: str) -> str:
+    # CMF records the remote the code came from: origin when there is one, else the first remote; a
+    # repository without remotes is identified by its folder.
+    try:
+        listing = _git(root, "config", "--get-regexp", r"^remote\..*\.url$")
+    except _GitError:
+        return root
+    urls = {}
+    for line in listing.splitlines():
+        key, _, url = line.partition(" ")
+        urls[key.removeprefix("remote.").removesuffix(".url")] = url
+    return urls.get("origin") or next(iter(urls.values()), root)
+
+
+def _git(folder: str, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-C", folder, *args],
+        capture_output=True,
+        text=True,
+        timeout=GIT_TIMEOUT_SECONDS,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise _GitError(result.stderr.strip() or f"git {args[0]} exited with {result.returncode}")
+    return result.stdout.strip()

@@ -58,6 +58,14 @@ class Recorder:
     def __init__(self, store: MetadataStore) -> None:
         self._store = store
         self._type_ids: dict[tuple[str, str], int] = {}
+        # Objects this recorder wrote or read, by their MLMD identity. Contexts and artifacts are never
+        # deleted and an execution belongs to one task try, which runs in one process, so the copies stay
+        # valid and spare the store a read per hook.
+        self._contexts: dict[tuple[str, str], mlmd.Context] = {}
+        self._linked_stages: set[int] = set()
+        self._artifacts: dict[tuple[str, str], mlmd.Artifact] = {}
+        self._executions: dict[str, mlmd.Execution] = {}
+        self._events: dict[int, set[tuple[int, int]]] = {}
 
     @property
     def store(self) -> MetadataStore:
@@ -120,16 +128,15 @@ class Recorder:
         execution.last_known_state = state
         _set_custom(execution, facts)
 
-        known_events = set()
-        if execution.HasField("id"):
-            for event in self._store.get_events_by_execution_ids([execution.id]):
-                known_events.add((event.artifact_id, event.type))
+        known_events = self._known_events(execution)
 
         artifact_and_events = []
         new_artifacts: dict[tuple[str, str], mlmd.Artifact] = {}
+        record_types: dict[int, str] = {}
         for kind, record in dict.fromkeys(events):
             event_type = _EVENT_TYPES[kind]
             artifact = new_artifacts.get((record.type_name, record.name)) or self._artifact(record, git)
+            record_types[id(artifact)] = record.type_name
             if not artifact.HasField("id"):
                 if (record.type_name, record.name) in new_artifacts:
                     # The same new artifact is both input and output: MLMD would insert it twice in one call.
@@ -141,11 +148,26 @@ class Recorder:
                 known_events.add((artifact.id, event_type))
             artifact_and_events.append((artifact, mlmd.Event(type=event_type)))
 
-        execution_id, _, _ = self._store.put_execution(
+        execution_id, artifact_ids, _ = self._store.put_execution(
             execution, artifact_and_events, [pipeline, stage], reuse_context_if_already_exist=True
         )
         execution.id = execution_id
+        for (artifact, event), artifact_id in zip(artifact_and_events, artifact_ids):
+            artifact.id = artifact_id
+            self._artifacts[(record_types[id(artifact)], artifact.name)] = artifact
+            known_events.add((artifact_id, event.type))
+        self._executions[execution.name] = execution
+        self._events[execution_id] = known_events
         return execution
+
+    def _known_events(self, execution: mlmd.Execution) -> set[tuple[int, int]]:
+        if not execution.HasField("id"):
+            return set()
+        known = self._events.get(execution.id)
+        if known is None:
+            events = self._store.get_events_by_execution_ids([execution.id])
+            known = {(event.artifact_id, event.type) for event in events}
+        return set(known)
 
     def _pipeline_context(self, dag_id: str) -> mlmd.Context:
         type_id = self._context_type(PIPELINE_CONTEXT_TYPE, {"Pipeline": _STRING})
@@ -154,6 +176,8 @@ class Recorder:
     def _stage_context(self, pipeline: mlmd.Context, stage_name: str) -> mlmd.Context:
         type_id = self._context_type(STAGE_CONTEXT_TYPE, {"Pipeline_Stage": _STRING})
         stage = self._context(type_id, STAGE_CONTEXT_TYPE, stage_name, {"Pipeline_Stage": stage_name})
+        if stage.id in self._linked_stages:
+            return stage
         parents = self._store.get_parent_contexts_by_context(stage.id)
         if not any(parent.id == pipeline.id for parent in parents):
             link = mlmd.ParentContext(child_id=stage.id, parent_id=pipeline.id)
@@ -161,18 +185,20 @@ class Recorder:
                 self._store.put_parent_contexts([link])
             except mlmd_errors.AlreadyExistsError:
                 pass  # another writer linked them first
+        self._linked_stages.add(stage.id)
         return stage
 
     def _context(self, type_id: int, type_name: str, name: str, properties: dict[str, Any]) -> mlmd.Context:
-        context = self._store.get_context_by_type_and_name(type_name, name)
-        if context is not None:
-            return context
-        context = mlmd.Context(type_id=type_id, name=name)
-        _set_properties(context, properties)
-        try:
-            [context.id] = self._store.put_contexts([context])
-        except mlmd_errors.AlreadyExistsError:
-            return self._store.get_context_by_type_and_name(type_name, name)
+        key = (type_name, name)
+        context = self._contexts.get(key) or self._store.get_context_by_type_and_name(type_name, name)
+        if context is None:
+            context = mlmd.Context(type_id=type_id, name=name)
+            _set_properties(context, properties)
+            try:
+                [context.id] = self._store.put_contexts([context])
+            except mlmd_errors.AlreadyExistsError:
+                context = self._store.get_context_by_type_and_name(type_name, name)
+        self._contexts[key] = context
         return context
 
     def _execution(
@@ -180,7 +206,9 @@ class Recorder:
     ) -> mlmd.Execution:
         type_id = self._execution_type(run.stage_name)
         execution_uuid = run.execution_uuid
-        execution = self._store.get_execution_by_type_and_name(run.stage_name, execution_uuid)
+        execution = self._executions.get(execution_uuid)
+        if execution is None:
+            execution = self._store.get_execution_by_type_and_name(run.stage_name, execution_uuid)
         if execution is None:
             execution = mlmd.Execution(type_id=type_id, name=execution_uuid)
 
@@ -220,7 +248,9 @@ class Recorder:
 
     def _artifact(self, record: ArtifactRecord, git: GitInfo | None) -> mlmd.Artifact:
         type_id = self._artifact_type(record.type_name)
-        existing = self._store.get_artifact_by_type_and_name(record.type_name, record.name)
+        existing = self._artifacts.get((record.type_name, record.name))
+        if existing is None:
+            existing = self._store.get_artifact_by_type_and_name(record.type_name, record.name)
         if existing is not None:
             return existing
 

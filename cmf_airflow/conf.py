@@ -10,9 +10,13 @@ import os
 from dataclasses import dataclass
 
 from cmf_airflow.compat import airflow_conf, airflow_home
+from cmf_airflow.provider_info import CMF_OPTIONS
 
 SECTION = "cmf"
-_ENVIRONMENT_PREFIX = "AIRFLOW__CMF__"
+# The variables that can set a [cmf] option: the option itself, or a command or secret that yields it.
+_ENVIRONMENT_NAMES = tuple(
+    f"AIRFLOW__CMF__{option.upper()}{suffix}" for option in CMF_OPTIONS for suffix in ("", "_CMD", "_SECRET")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,18 +32,18 @@ class Settings:
     lock_timeout: float
 
 
-_settings_cache: tuple[tuple[tuple[str, str], ...], Settings] | None = None
+_settings_cache: tuple[tuple[str | None, ...], Settings] | None = None
 
 
 def settings() -> Settings:
     """Return all ``[cmf]`` options, read again only when an ``AIRFLOW__CMF__*`` variable changed.
 
     Airflow reads airflow.cfg once per process but environment variables on every lookup, so those variables
-    are the only input that can change while a process runs; each lookup costs tens of microseconds, and
-    the listener needs every option twice per task.
+    are the only input that can change while a process runs. Each lookup costs tens of microseconds, and the
+    listener needs every option twice per task.
     """
     global _settings_cache
-    key = tuple(sorted(item for item in os.environ.items() if item[0].startswith(_ENVIRONMENT_PREFIX)))
+    key = tuple(os.environ.get(name) for name in _ENVIRONMENT_NAMES)
     if _settings_cache is not None and _settings_cache[0] == key:
         return _settings_cache[1]
     value = Settings(

@@ -1,7 +1,8 @@
 """The task-lifecycle listener: turns Airflow's task hooks into CMF executions.
 
-It runs inside the task's own process, so it must never fail or hang the task: every error becomes one
-warning in the task log and the task goes on exactly as it would without the plugin.
+It runs inside the task's own process, so it must not fail or stall the task: every error becomes one
+warning in the task log, every wait (store lock, git) has a time limit, and the task's outcome is what it
+would be without the plugin.
 """
 
 from __future__ import annotations

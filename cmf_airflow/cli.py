@@ -31,17 +31,20 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--home",
         default=".cmf-demo",
-        help="folder for the demo's AIRFLOW_HOME, data and CMF store; emptied first (default: .cmf-demo)",
+        help="folder for the demo's Airflow home, data and CMF store (default: .cmf-demo). It must be new, "
+        "empty or from an earlier demo, whose content is replaced",
     )
     demo.set_defaults(run=_run_demo)
 
     lineage = commands.add_parser("lineage", help="print the lineage kept in a local CMF store")
-    lineage.add_argument("--store", help="MLMD SQLite file to read (default: [cmf] store)")
+    lineage.add_argument(
+        "--store", help="MLMD SQLite file to read (default: [cmf] store, $AIRFLOW_HOME/cmf/mlmd.sqlite unless set)"
+    )
     lineage.add_argument("--pipeline", help="print only this pipeline (DAG id)")
     lineage.add_argument(
         "--upstream",
         metavar="ARTIFACT",
-        help="also trace this artifact (md5, or part of its name) back to its sources",
+        help="also trace back to their sources the artifacts whose md5 equals, or whose name contains, ARTIFACT",
     )
     lineage.set_defaults(run=_run_lineage)
     return parser
@@ -70,23 +73,32 @@ def _run_lineage(args: argparse.Namespace) -> int:
 
 
 def print_lineage(store, path: str, pipeline: str | None, upstream_of: str | None, out: TextIO) -> int:
-    """Print the lineage tree of ``store`` and, if asked, the sources of one artifact; return exit status."""
-    from cmf_airflow.lineage import find_artifacts, read_pipelines, upstream
+    """Print the lineage tree of ``store`` and, if asked, the sources of artifacts; return the exit status.
+
+    Bad arguments are reported before anything is printed, so an error is the only output.
+    """
+    from cmf_airflow.lineage import find_artifacts, pipeline_names, read_pipelines, upstream
 
     pipelines = read_pipelines(store, pipeline)
     if not pipelines:
+        names = ", ".join(pipeline_names(store)) or "none"
         wanted = f"pipeline {pipeline!r}" if pipeline else "any pipeline"
-        print(f"cmf-airflow lineage: the store {path} holds no {wanted}", file=sys.stderr)
+        print(f"cmf-airflow lineage: the store {path} contains no {wanted} (pipelines: {names})", file=sys.stderr)
         return 1
+    matches = []
+    if upstream_of is not None:
+        if not upstream_of.strip():
+            print("cmf-airflow lineage: --upstream needs an md5 or part of an artifact name", file=sys.stderr)
+            return 2
+        matches = find_artifacts(store, upstream_of)
+        if not matches:
+            print(f"cmf-airflow lineage: no artifact's md5 or name matches {upstream_of!r}", file=sys.stderr)
+            return 1
+
     for view in pipelines:
         _print_pipeline(view, out)
-
-    if upstream_of is None:
-        return 0
-    matches = find_artifacts(store, upstream_of)
-    if not matches:
-        print(f"cmf-airflow lineage: no artifact matches {upstream_of!r}", file=sys.stderr)
-        return 1
+    if len(matches) > 1:
+        print(f"\n{len(matches)} artifacts match {upstream_of!r}", file=out)
     for artifact in matches:
         print(f"\nUpstream of {artifact.type_name} {artifact.name}", file=out)
         for execution, source in upstream(store, artifact.id):

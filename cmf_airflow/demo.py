@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 PIPELINE_DAG_ID = "ml_pipeline"
+# A file the demo leaves in its folder, so a later run knows it may replace the folder.
+_HOME_MARKER = ".cmf-airflow-demo"
 
 
 def find_example_dags() -> Path:
@@ -41,6 +43,20 @@ def demo_environment(home: Path, dags_folder: Path) -> dict[str, str]:
     return env
 
 
+def _unusable_home(home: Path) -> str | None:
+    """Say why ``home`` must not be replaced, or return None: only a new, empty or earlier demo folder is."""
+    if not home.exists():
+        return None
+    if not home.is_dir():
+        return f"--home {home} is a file; pass a new folder"
+    if any(home.iterdir()) and not (home / _HOME_MARKER).is_file():
+        return (
+            f"--home {home} is a folder with content that an earlier demo did not create; pass a new or empty "
+            "folder, since the demo replaces what is in it"
+        )
+    return None
+
+
 def run_demo(home_argument: str) -> int:
     """Run the demo in ``home_argument`` (emptied first) and print the lineage; return the exit status."""
     home = Path(home_argument).resolve()
@@ -49,9 +65,14 @@ def run_demo(home_argument: str) -> int:
     except FileNotFoundError as error:
         print(f"cmf-airflow demo: {error}", file=sys.stderr)
         return 1
+    problem = _unusable_home(home)
+    if problem:
+        print(f"cmf-airflow demo: {problem}", file=sys.stderr)
+        return 2
     if home.exists():
         shutil.rmtree(home)
     (home / "airflow").mkdir(parents=True)
+    (home / _HOME_MARKER).write_text("Created by cmf-airflow demo; the next demo run replaces this folder.\n")
     env = demo_environment(home, dags_folder)
     log_path = home / "airflow.log"
     airflow = [sys.executable, "-m", "airflow"]

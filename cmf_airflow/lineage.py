@@ -72,6 +72,11 @@ def read_pipelines(store: MetadataStore, pipeline: str | None = None) -> list[Pi
     return [_read_pipeline(store, context) for context in sorted(contexts, key=lambda c: c.name)]
 
 
+def pipeline_names(store: MetadataStore) -> list[str]:
+    """Return the names of all pipelines in the store, sorted."""
+    return sorted(context.name for context in store.get_contexts_by_type(PIPELINE_CONTEXT_TYPE))
+
+
 def upstream(store: MetadataStore, artifact_id: int) -> list[tuple[ExecutionView, ArtifactView]]:
     """Walk from an artifact back to its sources: each step is (producing execution, one of its inputs).
 

@@ -34,10 +34,10 @@ def open_store(path: str, *, read_only: bool = False) -> MetadataStore:
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
+    if os.path.isdir(path):
+        raise StoreError(f"CMF store {path} is a folder; the store is an MLMD SQLite file, such as {path}/mlmd.sqlite")
     if read_only and not os.path.exists(path):
-        raise StoreError(
-            f"no CMF store at {path}: run a DAG with cmf-airflow enabled first, or pass --store"
-        )
+        raise StoreError(f"no CMF store at {path}: check the path, or run a DAG with cmf-airflow enabled first")
     if not read_only:
         _make_folder(path)
         _use_write_ahead_log(path)
@@ -45,6 +45,8 @@ def open_store(path: str, *, read_only: bool = False) -> MetadataStore:
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = path
     config.sqlite.connection_mode = _SQLITE_READONLY if read_only else _SQLITE_READWRITE_OPENCREATE
+    if read_only:
+        _check_is_mlmd(path)
     try:
         return metadata_store.MetadataStore(config)
     except Exception as error:  # MLMD raises its own error types, and RuntimeError for a non-database file
@@ -104,6 +106,18 @@ def _acquire(descriptor: int, lock_path: str, timeout: float) -> None:
                 "it. Raise [cmf] lock_timeout if tasks often finish together"
             )
         time.sleep(_LOCK_POLL_SECONDS)
+
+
+def _check_is_mlmd(path: str) -> None:
+    # MLMD's own error for a file that is not its database quotes its whole schema query; this names the file.
+    try:
+        uri = f"file:{path}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5.0)) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as error:
+        raise StoreError(f"{path} is not an MLMD SQLite store ({error}); pass the path of a CMF store") from error
+    if "Execution" not in tables or "Artifact" not in tables:
+        raise StoreError(f"{path} is an SQLite file without MLMD's tables; pass the path of a CMF store")
 
 
 def _cannot_open(path: str, error: Exception) -> StoreError:

@@ -137,3 +137,53 @@ def test_execution_states_are_mlmd_complete(pipeline_store):
     states = {e.last_known_state for e in open_read_only(pipeline_store).get_executions()}
 
     assert states == {mlmd.Execution.COMPLETE}
+
+
+def _lineage(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cmf_airflow.cli", "lineage", *args], capture_output=True, text=True
+    )
+
+
+def test_lineage_command_lists_pipelines_when_one_is_unknown(pipeline_store):
+    result = _lineage("--store", str(pipeline_store), "--pipeline", "no_such_dag")
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "contains no pipeline 'no_such_dag' (pipelines: ml_pipeline)" in result.stderr
+
+
+@pytest.mark.parametrize(("argument", "status", "message"), [
+    ("", 2, "--upstream needs an md5 or part of an artifact name"),
+    ("no-such-artifact", 1, "no artifact's md5 or name matches 'no-such-artifact'"),
+])
+def test_lineage_command_rejects_bad_upstream_before_printing(pipeline_store, argument, status, message):
+    result = _lineage("--store", str(pipeline_store), "--upstream", argument)
+
+    assert result.returncode == status
+    assert result.stdout == ""
+    assert message in result.stderr
+
+
+def test_lineage_command_names_a_folder_or_foreign_file(tmp_path):
+    foreign = tmp_path / "notes.txt"
+    foreign.write_text("not a database")
+    folder_result = _lineage("--store", str(tmp_path))
+    file_result = _lineage("--store", str(foreign))
+
+    assert folder_result.returncode == 1
+    assert f"CMF store {tmp_path} is a folder" in folder_result.stderr
+    assert file_result.returncode == 1
+    assert f"{foreign} is not an MLMD SQLite store" in file_result.stderr
+
+
+def test_demo_refuses_a_folder_it_did_not_create(tmp_path):
+    keep = tmp_path / "notes.txt"
+    keep.write_text("precious")
+    result = subprocess.run(
+        [sys.executable, "-m", "cmf_airflow.cli", "demo", "--home", str(tmp_path)], capture_output=True, text=True
+    )
+
+    assert result.returncode == 2
+    assert "is a folder with content that an earlier demo did not create" in result.stderr
+    assert keep.read_text() == "precious"

@@ -1,25 +1,39 @@
 # make demo: run the example ML pipeline under Airflow and print its CMF lineage.
-# make test: run the test suite. Both install what they need first (uv, then the locked environment).
+# make test: run the test suite under Airflow 3 and again under Airflow 2.
+# Both install what they need first: uv (with pip, if missing), then the locked environments.
 
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
-SYNC_FLAGS := --locked --extra examples
+# The Airflow 3 environment is uv's default .venv; the Airflow 2 one lives beside it.
+AIRFLOW2_ENV := .venv-airflow2
 
-.PHONY: setup demo test bench clean
+.PHONY: uv setup setup-airflow2 demo test test-airflow3 test-airflow2 bench clean
 
-setup:
+uv:
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.9"
-	$(UV) sync $(SYNC_FLAGS)
+
+setup: uv
+	$(UV) sync --locked --extra airflow3 --extra examples
+
+setup-airflow2: uv
+	UV_PROJECT_ENVIRONMENT=$(AIRFLOW2_ENV) $(UV) sync --locked --extra airflow2 --extra examples
 
 demo: setup
 	$(UV) run --no-sync cmf-airflow demo
 
-test: setup
+test: test-airflow3 test-airflow2
+
+test-airflow3: setup
+	@echo "== test suite under Airflow 3 =="
 	$(UV) run --no-sync pytest
+
+test-airflow2: setup-airflow2
+	@echo "== test suite under Airflow 2 =="
+	UV_PROJECT_ENVIRONMENT=$(AIRFLOW2_ENV) $(UV) run --no-sync pytest
 
 bench: setup
 	$(UV) run --no-sync python benchmarks/bench_hashing.py
 	$(UV) run --no-sync python benchmarks/bench_listener.py
 
 clean:
-	rm -rf .cmf-demo .venv .pytest_cache
+	rm -rf .cmf-demo .venv $(AIRFLOW2_ENV) .pytest_cache

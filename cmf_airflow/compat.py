@@ -19,15 +19,28 @@ if TYPE_CHECKING:
 
 AIRFLOW_V_3_0_PLUS: bool = Version(Version(AIRFLOW_VERSION).base_version) >= Version("3.0.0")
 
+# The names a DAG file needs, from where each Airflow version keeps them, so that one DAG file (the examples,
+# the tests) runs on both: ``from cmf_airflow.compat import DAG, Asset, task``.
 if AIRFLOW_V_3_0_PLUS:
+    from airflow.sdk import DAG, task
     from airflow.sdk import Asset as AssetClass
+    from airflow.sdk.exceptions import AirflowSkipException
 else:  # Airflow 2.10 / 2.11 call assets "datasets".
     from airflow.datasets import Dataset as AssetClass  # type: ignore[no-redef]
+    from airflow.decorators import task  # type: ignore[no-redef]
+    from airflow.exceptions import AirflowSkipException  # type: ignore[no-redef]
+    from airflow.models.dag import DAG  # type: ignore[no-redef]
+
+Asset = AssetClass
 
 __all__ = [
     "AIRFLOW_VERSION",
     "AIRFLOW_V_3_0_PLUS",
+    "AirflowSkipException",
+    "DAG",
+    "Asset",
     "AssetClass",
+    "task",
     "TaskFacts",
     "airflow_conf",
     "airflow_home",

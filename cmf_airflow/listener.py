@@ -29,6 +29,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class _Started:
+    inputs: list[ArtifactRecord]
+    start_time: datetime
+
+
 @dataclass(slots=True)
 class _OpenStore:
     recorder: Recorder
@@ -42,8 +48,8 @@ class CmfListener:
     def __init__(self) -> None:
         self._open: dict[tuple[int, str], _OpenStore] = {}
         self._warned: set[str] = set()
-        # Inputs recorded by the start hook, so the end hook neither hashes nor writes them again.
-        self._recorded_inputs: dict[str, list[ArtifactRecord]] = {}
+        # What the start hook recorded, so the end hook neither hashes nor writes the inputs again.
+        self._started: dict[str, _Started] = {}
 
     @hookimpl
     def on_task_instance_running(self, previous_state: Any, task_instance: Any) -> None:
@@ -52,6 +58,12 @@ class CmfListener:
     @hookimpl
     def on_task_instance_success(self, previous_state: Any, task_instance: Any) -> None:
         self._guarded("success", task_instance, lambda ti, settings: self._record_end(ti, settings, "success"))
+
+    @hookimpl
+    def on_task_instance_skipped(self, previous_state: Any, task_instance: Any) -> None:
+        # Airflow 3.2 and later call this when a running task skips itself; earlier versions call no hook then,
+        # and the execution keeps the RUNNING state that the start hook wrote.
+        self._guarded("skipped", task_instance, lambda ti, settings: self._record_end(ti, settings, "skipped"))
 
     @hookimpl
     def on_task_instance_failed(self, previous_state: Any, task_instance: Any, error: Any = None) -> None:
@@ -78,12 +90,13 @@ class CmfListener:
         facts = compat.task_facts(task_instance, with_params=True)
         opened = self._store_for_process(settings)
         inputs = self._resolve_all(facts.inlets, "inlet", opened)
-        run = _task_run(facts, opened.site)
+        # Airflow 2's dag.test() leaves start_date unset, so the hook's own clock stands in for it.
+        run = _task_run(facts, opened.site, facts.start_date or datetime.now(timezone.utc))
         git = git_info(facts.dag_file)
 
         with write_lock(settings.store, settings.lock_timeout):
             execution = opened.recorder.record_start(run, inputs, git)
-        self._recorded_inputs[_try_key(task_instance)] = inputs
+        self._started[_try_key(task_instance)] = _Started(inputs=inputs, start_time=run.start_time)
         logger.debug("CMF execution %s started for %s", execution.id, run.stage_name)
 
     def _record_end(
@@ -91,12 +104,13 @@ class CmfListener:
     ) -> None:
         # When the start hook could not record, the inputs and params go along now and the execution is
         # created whole.
-        inputs = self._recorded_inputs.pop(_try_key(task_instance), None)
-        facts = compat.task_facts(task_instance, with_params=inputs is None)
+        started = self._started.pop(_try_key(task_instance), None)
+        inputs = started.inputs if started is not None else None
+        facts = compat.task_facts(task_instance, with_params=started is None)
         opened = self._store_for_process(settings)
         outputs = self._resolve_all(facts.outlets, "outlet", opened)
         unrecorded_inputs = [] if inputs is not None else self._resolve_all(facts.inlets, "inlet", opened)
-        run = _task_run(facts, opened.site)
+        run = _task_run(facts, opened.site, started.start_time if started is not None else facts.start_date)
         git = git_info(facts.dag_file)
         outcome = TaskOutcome(
             state=state or _failure_state(facts),
@@ -153,7 +167,7 @@ def _dag_selected(dag_id: str, settings: conf.Settings) -> bool:
     return not included or any(fnmatch.fnmatchcase(dag_id, pattern) for pattern in included)
 
 
-def _task_run(facts: compat.TaskFacts, site: str) -> TaskRun:
+def _task_run(facts: compat.TaskFacts, site: str, start_time: datetime | None) -> TaskRun:
     return TaskRun(
         site=site,
         dag_id=facts.dag_id,
@@ -164,7 +178,7 @@ def _task_run(facts: compat.TaskFacts, site: str) -> TaskRun:
         operator=facts.operator,
         hostname=facts.hostname,
         airflow_version=compat.AIRFLOW_VERSION,
-        start_time=facts.start_date,
+        start_time=start_time,
         dag_file=facts.dag_file,
         params=facts.params,
     )

@@ -49,7 +49,8 @@ _EXECUTION_PROPERTIES = {
 _ARTIFACT_PROPERTIES = {"git_repo": _STRING, "Commit": _STRING, "url": _STRING}
 
 _EVENT_TYPES = {EventKind.INPUT: mlmd.Event.INPUT, EventKind.OUTPUT: mlmd.Event.OUTPUT}
-_FINAL_STATES = {"success": mlmd.Execution.COMPLETE}
+# Airflow's final task states as MLMD execution states; any other end (failed, up_for_retry) is FAILED.
+_FINAL_STATES = {"success": mlmd.Execution.COMPLETE, "skipped": mlmd.Execution.CANCELED}
 
 
 class Recorder:

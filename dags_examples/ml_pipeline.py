@@ -12,7 +12,7 @@ import json
 import os
 from datetime import datetime
 
-from airflow.sdk import DAG, task
+from cmf_airflow.compat import DAG, task
 
 from cmf_airflow import File, file_asset
 

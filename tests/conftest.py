@@ -25,10 +25,16 @@ _SESSION_HOME = Path(tempfile.mkdtemp(prefix="cmf-airflow-tests-"))
 GIT_DAGS = _SESSION_HOME / "git_dags"
 PLAIN_DAGS = _SESSION_HOME / "plain_dags"
 EXAMPLE_DATA = _SESSION_HOME / "ml_pipeline_data"
+# The example DAGs that ship with the installed Airflow, found without importing Airflow, which must not be
+# imported before the variables below are set.
+AIRFLOW_EXAMPLE_DAGS = Path(importlib.util.find_spec("airflow").submodule_search_locations[0]) / "example_dags"
+EXAMPLE_DAG_BUNDLE = _SESSION_HOME / "airflow_examples"
 _BUNDLES = [
     ("tests_git", GIT_DAGS),
     ("tests_plain", PLAIN_DAGS),
     ("examples", REPO_ROOT / "dags_examples"),
+    # Holds one of Airflow's example DAG files at a time: dag.test() parses the whole bundle of the DAG it runs.
+    ("airflow_examples", EXAMPLE_DAG_BUNDLE),
 ]
 os.environ.update(
     {
@@ -50,7 +56,7 @@ os.environ.update(
         "ML_PIPELINE_DATA_DIR": str(EXAMPLE_DATA),
     }
 )
-for _folder in (PLAIN_DAGS, _SESSION_HOME / "airflow"):
+for _folder in (PLAIN_DAGS, EXAMPLE_DAG_BUNDLE, _SESSION_HOME / "airflow"):
     _folder.mkdir(parents=True, exist_ok=True)
 
 
@@ -111,16 +117,24 @@ def write_dag(source: str, name: str, *, in_git: bool = True) -> Path:
     return dag_file
 
 
-def load_dag(dag_file: Path, dag_id: str):
-    """Import a DAG file as a fresh module and return the DAG named ``dag_id``."""
+def load_dags(dag_file: Path) -> list:
+    """Import a DAG file as a fresh module and return its DAGs, sorted by DAG id."""
+    from cmf_airflow.compat import DAG
+
     module_name = f"cmf_test_dag_{uuid.uuid4().hex}"
     spec = importlib.util.spec_from_file_location(module_name, dag_file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
-    for value in vars(module).values():
-        if getattr(value, "dag_id", None) == dag_id and hasattr(value, "test"):
-            return value
+    dags = {value.dag_id: value for value in vars(module).values() if isinstance(value, DAG)}
+    return [dags[dag_id] for dag_id in sorted(dags)]
+
+
+def load_dag(dag_file: Path, dag_id: str):
+    """Import a DAG file as a fresh module and return the DAG named ``dag_id``."""
+    for dag in load_dags(dag_file):
+        if dag.dag_id == dag_id:
+            return dag
     raise LookupError(f"{dag_file} defines no DAG {dag_id!r}")
 
 
@@ -129,3 +143,10 @@ def open_read_only(store: Path):
     from cmf_airflow.store import open_store
 
     return open_store(str(store), read_only=True)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print how many executions the example-DAG test recorded, a figure worth keeping per Airflow version."""
+    module = sys.modules.get("test_airflow_example_dags")
+    for version, count in sorted(getattr(module, "TRIES_RECORDED", {}).items()):
+        terminalreporter.write_line(f"Airflow {version} example DAGs: {count} task tries recorded as executions")

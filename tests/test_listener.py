@@ -16,7 +16,7 @@ CHAIN_DAG = '''
 from datetime import datetime
 from pathlib import Path
 
-from airflow.sdk import DAG, task
+from cmf_airflow.compat import DAG, task
 
 from cmf_airflow import File
 
@@ -135,7 +135,7 @@ RETRY_DAG = '''
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import DAG, task
+from cmf_airflow.compat import DAG, task
 
 from cmf_airflow import File
 
@@ -182,7 +182,7 @@ def test_retry_records_a_second_execution(tmp_path, cmf_store):
 FAILING_DAG = '''
 from datetime import datetime
 
-from airflow.sdk import DAG, task
+from cmf_airflow.compat import DAG, task
 
 with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1)) as dag:
 
@@ -213,7 +213,7 @@ def test_failed_task_records_its_error(cmf_store):
 MISSING_OUTLET_DAG = '''
 from datetime import datetime
 
-from airflow.sdk import DAG, task
+from cmf_airflow.compat import DAG, task
 
 from cmf_airflow import File
 
@@ -247,7 +247,7 @@ ASSET_DAG = '''
 from datetime import datetime
 from pathlib import Path
 
-from airflow.sdk import DAG, Asset, task
+from cmf_airflow.compat import DAG, Asset, task
 
 from cmf_airflow import file_asset
 
@@ -280,7 +280,7 @@ def test_asset_outlets_hash_local_files_and_keep_remote_uris(tmp_path, cmf_store
 MAPPED_DAG = '''
 from datetime import datetime
 
-from airflow.sdk import DAG, task
+from cmf_airflow.compat import DAG, task
 
 with DAG("mapped_squares", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
 
@@ -381,3 +381,34 @@ def test_included_dag_is_recorded(tmp_path, cmf_store, monkeypatch):
 
     assert str(dag_run.state) == "success"
     assert len(_executions(cmf_store)) == 3
+
+
+SKIPPING_DAG = '''
+from datetime import datetime
+
+from cmf_airflow.compat import DAG, AirflowSkipException, task
+
+with DAG("skips_itself", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+
+    @task
+    def nothing_to_do():
+        raise AirflowSkipException("no new rows today")
+
+    nothing_to_do()
+'''
+
+
+def test_self_skipped_task_is_one_execution(cmf_store):
+    from cmf_airflow.compat import AIRFLOW_V_3_0_PLUS
+
+    dag_file = write_dag(SKIPPING_DAG, "skips_itself")
+    dag_run = load_dag(dag_file, "skips_itself").test()
+    [execution] = _executions(cmf_store)
+
+    assert _task_states(dag_run) == {"nothing_to_do": "skipped"}
+    if AIRFLOW_V_3_0_PLUS:  # Airflow 3.2+ calls on_task_instance_skipped
+        assert execution.last_known_state == mlmd.Execution.CANCELED
+        assert _custom(execution, "airflow_state") == "skipped"
+    else:  # Airflow 2 calls no hook when a task skips itself
+        assert execution.last_known_state == mlmd.Execution.RUNNING
+        assert _custom(execution, "airflow_state") == "running"

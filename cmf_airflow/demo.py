@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 PIPELINE_DAG_ID = "ml_pipeline"
-# A file the demo leaves in its folder, so a later run knows it may replace the folder.
+# A file the demo leaves in its folder, which tells a later run that it may replace the folder.
 _HOME_MARKER = ".cmf-airflow-demo"
 
 
 def find_example_dags() -> Path:
-    """Return the ``dags_examples`` folder of the source checkout, which holds the demo's DAG."""
+    """Return the ``dags_examples`` folder of the source checkout, which contains the demo's DAG."""
     candidates = [Path(__file__).resolve().parents[1] / "dags_examples", Path.cwd() / "dags_examples"]
     for folder in candidates:
         if (folder / "ml_pipeline.py").is_file():

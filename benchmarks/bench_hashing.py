@@ -12,10 +12,10 @@ affects both, and reported as medians:
 (c) the same directory unchanged: ``hash_path`` with the cache filled by (b) against
     the cold run of the same round (target ratio <= 0.05).
 
-"Cold" means nothing cached: an empty hash cache (or a fresh DVC State), and the files'
-pages evicted from the operating system's page cache with ``posix_fadvise(DONTNEED)``
-before each cold run, so the contenders read from the disk as they would on data that
-was not just written. Directory entries and inodes stay cached, as they would on a
+"Cold" means nothing cached: an empty hash cache (or a fresh DVC State). Before each cold
+run the files' pages are also evicted from the operating system's page cache with
+``posix_fadvise(DONTNEED)``, so the contenders read from the disk as they would on data
+that was not just written. Directory entries and inodes stay cached, as they would on a
 worker that listed the folder recently. Scenario (c) also prints the warm time against
 a cold run whose files are still in the page cache ("hot cold"): a warm re-hash must
 stat every file, so that ratio cannot fall below the cost of one stat per file relative

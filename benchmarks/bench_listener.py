@@ -7,7 +7,7 @@ a throw-away git repository, so the listener looks up git provenance as it does 
 The benchmark runs the DAG with ``[cmf] enabled`` True and False in alternating order (ABBA, so neither mode
 always runs first), after one untimed warm-up run of each. In the first series every enabled run writes a
 fresh store and hash cache: the DAG's first run, which also creates its stages. In the second series every
-enabled run writes into one store that already holds the DAG's earlier runs, as a site's store does after
+enabled run writes into one store that already contains the DAG's earlier runs, as a site's store does after
 the first day. The figure is ``(median enabled wall time - median disabled wall time) / tasks``. After every
 enabled run the store must contain exactly one COMPLETE execution per task try, with one input and one output
 event each, and every run must succeed, else the benchmark exits with status 1. The timings do not affect
@@ -299,8 +299,8 @@ class DagRunner:
         self._layout = layout
         self._tasks = tasks
         self._store_count = 0
-        # A shared store receives every enabled run, like the store of a site whose DAGs run every day;
-        # otherwise each enabled run is the DAG's first run into a new store.
+        # A shared store receives every enabled run, like the store of a site whose DAGs run every day.
+        # Otherwise each enabled run is the DAG's first run into a new store.
         self._shared_store = shared_store
         self._shared_runs = 0
         self.last_in_hooks_s = 0.0

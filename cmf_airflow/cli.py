@@ -82,8 +82,8 @@ def print_lineage(store, path: str, pipeline: str | None, upstream_of: str | Non
     pipelines = read_pipelines(store, pipeline)
     if not pipelines:
         names = ", ".join(pipeline_names(store)) or "none"
-        wanted = f"pipeline {pipeline!r}" if pipeline else "any pipeline"
-        print(f"cmf-airflow lineage: the store {path} contains no {wanted} (pipelines: {names})", file=sys.stderr)
+        requested = f"pipeline {pipeline!r}" if pipeline else "any pipeline"
+        print(f"cmf-airflow lineage: the store {path} contains no {requested} (pipelines: {names})", file=sys.stderr)
         return 1
     matches = []
     if upstream_of is not None:

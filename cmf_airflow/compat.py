@@ -51,7 +51,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class TaskFacts:
-    """What the listener reads off a task instance, the same on every Airflow version."""
+    """Facts the listener reads off a task instance, in one shape on every Airflow version."""
 
     dag_id: str
     task_id: str
@@ -86,8 +86,8 @@ def airflow_home() -> str:
 def is_task_process_instance(task_instance: Any) -> bool:
     """Tell whether a listener call comes from the process that ran the task.
 
-    Airflow 3 also fires the task hooks on the API server when a user sets a state by hand; those carry an
-    ORM task instance without the operator, and there is nothing on disk there to hash.
+    Airflow 3 also fires the task hooks on the API server when a user sets a state by hand. Those calls carry
+    an ORM task instance without the operator, and there is nothing on disk there to hash.
     """
     if AIRFLOW_V_3_0_PLUS:
         from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
@@ -99,7 +99,7 @@ def is_task_process_instance(task_instance: Any) -> bool:
 def task_facts(task_instance: Any, *, with_params: bool = True) -> TaskFacts:
     """Read the facts of a task instance that the listener records, on either Airflow version.
 
-    ``with_params=False`` leaves ``params`` empty, for a hook whose execution already holds them.
+    ``with_params=False`` leaves ``params`` empty, for a hook whose execution already contains them.
     """
     task = task_instance.task
     dag = getattr(task, "dag", None)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 PIPELINE_DAG_ID = "ml_pipeline"
-# A file the demo leaves in its folder, which tells a later run that it may replace the folder.
+# A file the demo leaves in its folder, so that a later run may replace the folder.
 _HOME_MARKER = ".cmf-airflow-demo"
 
 

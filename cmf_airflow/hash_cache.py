@@ -166,8 +166,8 @@ class HashCache:
     ) -> None:
         """Store the fingerprint and hash of *directory*, unless a file in it changed too recently.
 
-        *newest_mtime_ns* is the newest mtime among the directory's files; the same racy window as for
-        single files applies, since a fingerprint of stat fields cannot see a second write in one tick.
+        *newest_mtime_ns* is the newest mtime among the directory's files. The racy window of single files
+        applies here too, because a fingerprint of stat fields cannot see a second write in one tick.
         """
         if newest_mtime_ns > observed_at_ns - RACY_WINDOW_NS:
             return

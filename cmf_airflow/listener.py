@@ -1,7 +1,7 @@
 """The task-lifecycle listener: turns Airflow's task hooks into CMF executions.
 
-It runs inside the task's own process, so it must not fail or stall the task: every error becomes one
-warning in the task log, every wait (store lock, git) has a time limit, and the task's outcome is what it
+It runs inside the task's own process, so it must not fail or stall the task. Every error becomes one
+warning in the task log, and every wait (store lock, git) has a time limit. The task's outcome is what it
 would be without the plugin.
 """
 
@@ -61,8 +61,8 @@ class CmfListener:
 
     @hookimpl
     def on_task_instance_skipped(self, previous_state: Any, task_instance: Any) -> None:
-        # Airflow 3.2 and later call this when a running task skips itself; earlier versions call no hook then,
-        # and the execution keeps the RUNNING state that the start hook wrote.
+        # Airflow 3.2 and later call this when a running task skips itself. Earlier versions call no hook then,
+        # so the execution keeps the RUNNING state that the start hook wrote.
         self._guarded("skipped", task_instance, lambda ti, settings: self._record_end(ti, settings, "skipped"))
 
     @hookimpl
@@ -90,7 +90,7 @@ class CmfListener:
         facts = compat.task_facts(task_instance, with_params=True)
         opened = self._store_for_process(settings)
         inputs = self._resolve_all(facts.inlets, "inlet", opened)
-        # Airflow 2's dag.test() leaves start_date unset, so the hook's own clock stands in for it.
+        # Airflow 2's dag.test() leaves start_date unset, so the hook's own clock replaces it.
         run = _task_run(facts, opened.site, facts.start_date or datetime.now(timezone.utc))
         git = git_info(facts.dag_file)
 

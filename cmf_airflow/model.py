@@ -29,7 +29,7 @@ class EventKind(str, Enum):
 
 @dataclass(frozen=True, slots=True)
 class GitInfo:
-    """Provenance of the code: the git repository that holds the DAG file."""
+    """Provenance of the code: the git repository that contains the DAG file."""
 
     remote_url: str
     commit: str
@@ -70,7 +70,7 @@ class TaskRun:
 
 @dataclass(frozen=True, slots=True)
 class TaskOutcome:
-    """How a task try ended."""
+    """The end of a task try: its final state, end time and error."""
 
     state: str
     end_time: datetime

@@ -16,7 +16,7 @@ from cmf_airflow.model import GitInfo
 logger = logging.getLogger(__name__)
 
 # A git call that takes longer than this (a repository on a hung network file system) is abandoned, so the
-# listener never holds a task for long; the execution is then recorded without git provenance.
+# listener never delays a task for long; the execution is then recorded without git provenance.
 GIT_TIMEOUT_SECONDS = 10.0
 
 
@@ -25,7 +25,7 @@ class _GitError(Exception):
 
 
 def git_info(dag_file: str | None) -> GitInfo | None:
-    """Return the provenance of the repository that holds ``dag_file``, or None when there is none.
+    """Return the provenance of the repository that contains ``dag_file``, or None when there is none.
 
     A DAG outside any git repository is normal for a quick experiment, so it gets one warning per folder and
     per process, not an error.
@@ -75,7 +75,7 @@ def _parse_status(status: str) -> tuple[str | None, bool]:
 
 
 def _remote_url(root: str) -> str:
-    # CMF records the remote the code came from: origin when there is one, else the first remote; a
+    # CMF records the remote the code came from: origin when there is one, else the first remote. A
     # repository without remotes is identified by its folder.
     try:
         listing = _git(root, "config", "--get-regexp", r"^remote\..*\.url$")

@@ -1,4 +1,4 @@
-"""Provider metadata, so that Airflow knows the ``[cmf]`` section and ``airflow config list`` shows it."""
+"""Provider metadata, through which Airflow learns the ``[cmf]`` section and its defaults."""
 
 from __future__ import annotations
 

@@ -132,17 +132,17 @@ class Recorder:
         known_events = self._known_events(execution)
 
         artifact_and_events = []
-        new_artifacts: dict[tuple[str, str], mlmd.Artifact] = {}
-        record_types: dict[int, str] = {}
+        artifacts_in_call: dict[tuple[str, str], mlmd.Artifact] = {}
         for kind, record in dict.fromkeys(events):
+            key = (record.type_name, record.name)
             event_type = _EVENT_TYPES[kind]
-            artifact = new_artifacts.get((record.type_name, record.name)) or self._artifact(record, git)
-            record_types[id(artifact)] = record.type_name
-            if not artifact.HasField("id"):
-                if (record.type_name, record.name) in new_artifacts:
-                    # The same new artifact is both input and output: MLMD would insert it twice in one call.
-                    [artifact.id] = self._store.put_artifacts([artifact])
-                new_artifacts[(record.type_name, record.name)] = artifact
+            artifact = artifacts_in_call.get(key)
+            if artifact is None:
+                artifact = self._artifact(record, git)
+                artifacts_in_call[key] = artifact
+            elif not artifact.HasField("id"):
+                # The same new artifact is both input and output: MLMD would insert it twice in one call.
+                [artifact.id] = self._store.put_artifacts([artifact])
             if artifact.HasField("id"):
                 if (artifact.id, event_type) in known_events:
                     continue
@@ -155,8 +155,8 @@ class Recorder:
         execution.id = execution_id
         for (artifact, event), artifact_id in zip(artifact_and_events, artifact_ids):
             artifact.id = artifact_id
-            self._artifacts[(record_types[id(artifact)], artifact.name)] = artifact
             known_events.add((artifact_id, event.type))
+        self._artifacts.update(artifacts_in_call)
         self._executions[execution.name] = execution
         self._events[execution_id] = known_events
         return execution

@@ -73,9 +73,9 @@ def _use_write_ahead_log(path: str) -> None:
 def write_lock(path: str, timeout: float) -> Iterator[None]:
     """Hold an exclusive lock beside the store at ``path``, waiting at most ``timeout`` seconds for it.
 
-    SQLite lets one writer in at a time and MLMD gives up on a busy database at once, so every process that
-    writes the store takes this lock first. It is an advisory ``flock``: the kernel drops it when a task
-    process dies, so a crashed task never blocks the others.
+    SQLite lets one writer in at a time, so every process that writes the store takes this lock first and
+    waits here, with a time limit, instead of meeting a busy database inside MLMD. It is an advisory
+    ``flock``, which the kernel releases when the holding process exits, so a crashed task leaves no lock.
     """
     lock_path = f"{path}.lock"
     _make_folder(lock_path)
@@ -102,8 +102,8 @@ def _acquire(descriptor: int, lock_path: str, timeout: float) -> None:
                 raise StoreError(f"cannot lock {lock_path}: {error.strerror}") from error
         if time.monotonic() >= deadline:
             raise StoreLockTimeout(
-                f"timed out after {timeout:g} s waiting for the write lock {lock_path}; another process holds "
-                "it. Raise [cmf] lock_timeout if tasks often finish together"
+                f"timed out after {timeout:g} s waiting for the write lock {lock_path}, which another process "
+                "kept the whole time. Raise [cmf] lock_timeout if tasks often finish together"
             )
         time.sleep(_LOCK_POLL_SECONDS)
 

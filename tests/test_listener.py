@@ -261,7 +261,7 @@ with DAG("asset_outlets", schedule=None, start_date=datetime(2026, 1, 1)) as dag
 '''
 
 
-def test_asset_outlets_hash_local_files_and_keep_remote_uris(tmp_path, cmf_store):
+def test_asset_outlets_local_and_remote(tmp_path, cmf_store):
     local = str(tmp_path / "with space" / "model.bin")
     Path(local).parent.mkdir()
     dag_file = write_dag(ASSET_DAG.format(local=local), "asset_outlets")

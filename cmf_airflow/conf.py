@@ -30,6 +30,8 @@ class Settings:
     exclude_dags: tuple[str, ...]
     hash_cache: str
     lock_timeout: float
+    version_artifacts: bool
+    capture_environment: bool
 
 
 _settings_cache: tuple[tuple[str | None, ...], Settings] | None = None
@@ -54,6 +56,8 @@ def settings() -> Settings:
         exclude_dags=exclude_dags(),
         hash_cache=hash_cache(),
         lock_timeout=lock_timeout(),
+        version_artifacts=version_artifacts(),
+        capture_environment=capture_environment(),
     )
     _settings_cache = (key, value)
     return value
@@ -96,6 +100,31 @@ def hash_cache() -> str:
 def lock_timeout() -> float:
     """``[cmf] lock_timeout``: seconds to wait for the local store's write lock."""
     return airflow_conf().getfloat(SECTION, "lock_timeout", fallback=10.0)
+
+
+def version_artifacts() -> bool:
+    """``[cmf] version_artifacts``: add file artifacts inside a DVC workspace to DVC and commit them to git."""
+    return airflow_conf().getboolean(SECTION, "version_artifacts", fallback=False)
+
+
+def capture_environment() -> bool:
+    """``[cmf] capture_environment``: record the task's pip freeze as an Environment input artifact."""
+    return airflow_conf().getboolean(SECTION, "capture_environment", fallback=True)
+
+
+def conn_id() -> str:
+    """``[cmf] conn_id``: the Airflow connection (type ``cmf``) of the central CMF server."""
+    return airflow_conf().get(SECTION, "conn_id", fallback="cmf_default").strip() or "cmf_default"
+
+
+def sync_batch_size() -> int:
+    """``[cmf] sync_batch_size``: the most executions one push request carries."""
+    return max(1, airflow_conf().getint(SECTION, "sync_batch_size", fallback=500))
+
+
+def sync_timeout() -> float:
+    """``[cmf] sync_timeout``: seconds a push or pull waits for the server to answer one request."""
+    return airflow_conf().getfloat(SECTION, "sync_timeout", fallback=60.0)
 
 
 def _patterns(value: str) -> tuple[str, ...]:

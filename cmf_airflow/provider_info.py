@@ -64,6 +64,33 @@ CMF_OPTIONS: dict[str, dict[str, Any]] = {
         "float",
         "10.0",
     ),
+    "version_artifacts": _option(
+        "Version the file artifacts that lie inside a DVC workspace (a git repository with DVC initialised): "
+        "add each to DVC, commit its .dvc file to git and record that commit with the artifact.",
+        "boolean",
+        "False",
+    ),
+    "capture_environment": _option(
+        "Record the task's Python environment (its pip freeze) as an Environment input artifact of every "
+        "execution. The same environment is stored once.",
+        "boolean",
+        "True",
+    ),
+    "conn_id": _option(
+        "The Airflow connection of type cmf that points at the central CMF server.",
+        "string",
+        "cmf_default",
+    ),
+    "sync_batch_size": _option(
+        "The most executions one push request carries; a larger backlog goes in several requests.",
+        "integer",
+        "500",
+    ),
+    "sync_timeout": _option(
+        "Seconds a push or pull waits for the central server to answer one request.",
+        "float",
+        "60.0",
+    ),
 }
 
 

@@ -95,3 +95,18 @@ class ArtifactRecord:
         """The CMF artifact name: ``<path>:<md5>``, or the location alone when there is no hash."""
         location = self.path or self.uri
         return f"{location}:{self.md5}" if self.md5 else location
+
+
+def artifact_external_id(type_name: str, uri: str) -> str:
+    """The MLMD external id of an artifact: its type and uri, so that one content of one type is one artifact.
+
+    The uri of a hashed artifact is its md5, so the same bytes logged under two paths, or at two sites, meet
+    in one artifact. Every writer (recorder, merge) looks artifacts up by this id.
+    """
+    return f"{type_name}:{uri}"
+
+
+def execution_external_id(execution_uuid: str) -> str:
+    """The MLMD external id of an execution: its ``Execution_uuid``, unique across sites."""
+    return execution_uuid
+

@@ -1,10 +1,16 @@
-"""Turning inlets and outlets into artifact records: local files are hashed, anything else is kept by URI."""
+"""Turning inlets and outlets into artifact records: local files are hashed, anything else is kept by URI.
+
+Records of outputs inside a DVC workspace can also be versioned with DVC (``version_record``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import logging
 import os
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -95,3 +101,28 @@ def resolve(entity: Any, cache: HashCache | None) -> ArtifactRecord:
         size=content.size,
         file_count=content.file_count,
     )
+
+
+def versioning_module() -> ModuleType:
+    """Return ``cmf_airflow.versioning``, imported on first use because it loads DVC and git.
+
+    Raises ImportError when the module is missing from this installation.
+    """
+    return importlib.import_module("cmf_airflow.versioning")
+
+
+def version_record(record: ArtifactRecord, *, lock_timeout: float, message: str | None = None) -> ArtifactRecord | None:
+    """Add a hashed local artifact to DVC and commit its ``.dvc`` file to git.
+
+    Returns the record with the custom properties ``git_commit`` and ``dvc_file`` (its ``Commit`` property
+    stays the md5), or None when the path is outside every DVC workspace. Raises the versioning module's
+    ``VersioningError`` when DVC or git fail.
+    """
+    if record.path is None or record.hash_state is not HashState.HASHED:
+        return None
+    versioning = versioning_module()
+    if versioning.find_workspace(record.path) is None:
+        return None
+    versioned = versioning.version_file(record.path, message=message, lock_timeout=lock_timeout)
+    extra = (("git_commit", versioned.git_commit), ("dvc_file", versioned.dvc_file))
+    return dataclasses.replace(record, custom_properties=record.custom_properties + extra)

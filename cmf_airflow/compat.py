@@ -22,13 +22,15 @@ AIRFLOW_V_3_0_PLUS: bool = Version(Version(AIRFLOW_VERSION).base_version) >= Ver
 # The names a DAG file needs, from where each Airflow version keeps them, so that one DAG file (the examples,
 # the tests) runs on both: ``from cmf_airflow.compat import DAG, Asset, task``.
 if AIRFLOW_V_3_0_PLUS:
-    from airflow.sdk import DAG, task
+    from airflow.sdk import DAG, BaseHook, BaseOperator, task
     from airflow.sdk import Asset as AssetClass
     from airflow.sdk.exceptions import AirflowSkipException
 else:  # Airflow 2.10 / 2.11 call assets "datasets".
     from airflow.datasets import Dataset as AssetClass  # type: ignore[no-redef]
     from airflow.decorators import task  # type: ignore[no-redef]
     from airflow.exceptions import AirflowSkipException  # type: ignore[no-redef]
+    from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
+    from airflow.models.baseoperator import BaseOperator  # type: ignore[no-redef]
     from airflow.models.dag import DAG  # type: ignore[no-redef]
 
 Asset = AssetClass
@@ -37,6 +39,8 @@ __all__ = [
     "AIRFLOW_VERSION",
     "AIRFLOW_V_3_0_PLUS",
     "AirflowSkipException",
+    "BaseHook",
+    "BaseOperator",
     "DAG",
     "Asset",
     "AssetClass",
@@ -44,9 +48,43 @@ __all__ = [
     "TaskFacts",
     "airflow_conf",
     "airflow_home",
+    "current_context",
     "error_text",
     "task_facts",
 ]
+
+# Names imported on first use, because the scheduler loads the listener (and this module) without needing them:
+# the PythonOperator, the TaskFlow decorator machinery and the operator class behind ``@task``.
+_LAZY_NAMES = {
+    "PythonOperator": (
+        "airflow.providers.standard.operators.python",
+        "airflow.operators.python",
+        "PythonOperator",
+    ),
+    "PythonDecoratedOperator": (
+        "airflow.providers.standard.decorators.python",
+        "airflow.decorators.python",
+        "_PythonDecoratedOperator",
+    ),
+    "task_decorator_factory": (
+        "airflow.sdk.bases.decorator",
+        "airflow.decorators.base",
+        "task_decorator_factory",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import one of ``_LAZY_NAMES`` from where this Airflow version keeps it, on first access."""
+    if name not in _LAZY_NAMES:
+        raise AttributeError(f"module 'cmf_airflow.compat' has no attribute {name!r}")
+    import importlib
+
+    airflow3_module, airflow2_module, attribute = _LAZY_NAMES[name]
+    module = importlib.import_module(airflow3_module if AIRFLOW_V_3_0_PLUS else airflow2_module)
+    value = getattr(module, attribute)
+    globals()[name] = value
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +105,7 @@ class TaskFacts:
     inlets: tuple[Any, ...]
     outlets: tuple[Any, ...]
     params: dict[str, Any]
+    tags: frozenset[str] = frozenset()
 
 
 def airflow_conf() -> AirflowConfigParser:
@@ -119,7 +158,24 @@ def task_facts(task_instance: Any, *, with_params: bool = True) -> TaskFacts:
         inlets=tuple(getattr(task, "inlets", None) or ()),
         outlets=tuple(getattr(task, "outlets", None) or ()),
         params=_params(task_instance, task) if with_params else {},
+        tags=frozenset(str(tag) for tag in (getattr(dag, "tags", None) or ())),
     )
+
+
+def current_context() -> Any | None:
+    """Return the template context of the task running in this process, or None outside a running task.
+
+    Airflow 3 raises RuntimeError and Airflow 2 raises AirflowException when no task is running, and both
+    keep the task instance under ``"ti"``.
+    """
+    if AIRFLOW_V_3_0_PLUS:
+        from airflow.sdk import get_current_context
+    else:
+        from airflow.operators.python import get_current_context
+    try:
+        return get_current_context()
+    except Exception:  # the two majors raise different types for the same condition
+        return None
 
 
 def error_text(error: BaseException | str | None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +28,14 @@ class ArtifactView:
     uri: str
     url: str
     hash_state: str
+    # Model artifacts: framework, type and name. Metrics and Step_Metrics: the metrics name.
+    model_framework: str = ""
+    model_type: str = ""
+    model_name: str = ""
+    metrics_name: str = ""
+    # Metrics: the values. Step_Metrics: the number of steps and the values of the last step.
+    values: tuple[tuple[str, float | int], ...] = ()
+    step_count: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,14 +174,107 @@ def _artifact_view(store: MetadataStore, artifact: mlmd.Artifact) -> ArtifactVie
 
 
 def _view(artifact: mlmd.Artifact, type_names: dict[int, str]) -> ArtifactView:
+    type_name = type_names.get(artifact.type_id, "?")
+    values: tuple[tuple[str, float | int], ...] = ()
+    step_count = None
+    if type_name == "Metrics":
+        values = tuple(
+            (key, _number(value))
+            for key, value in sorted(artifact.custom_properties.items())
+            if key not in _BOOKKEEPING_PROPERTIES and value.WhichOneof("value") in ("int_value", "double_value")
+        )
+    elif type_name == "Step_Metrics":
+        step_count = artifact.custom_properties["step_count"].int_value
+        rows = _steps_property(artifact)
+        if rows:
+            values = tuple((key, value) for key, value in rows[-1].items() if key != "step")
     return ArtifactView(
         id=artifact.id,
-        type_name=type_names.get(artifact.type_id, "?"),
+        type_name=type_name,
         name=artifact.name,
         uri=artifact.uri,
         url=artifact.properties["url"].string_value,
         hash_state=_custom_text(artifact, "hash_state"),
+        model_framework=_property_text(artifact, "model_framework"),
+        model_type=_property_text(artifact, "model_type"),
+        model_name=_property_text(artifact, "model_name"),
+        metrics_name=_property_text(artifact, "metrics_name"),
+        values=values,
+        step_count=step_count,
     )
+
+
+def step_metrics_rows(artifact: mlmd.Artifact) -> list[dict[str, float | int]]:
+    """Return the steps of a ``Step_Metrics`` artifact in order, each a dict with ``step`` and the values.
+
+    The rows come from the ``steps`` custom property, or from the JSON file at the artifact's url when the
+    property was left out for size.
+    """
+    rows = _steps_property(artifact)
+    if rows is not None:
+        return rows
+    path = artifact.properties["url"].string_value.removeprefix("file://")
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)["steps"]
+
+
+def describe_artifact(artifact: ArtifactView) -> str:
+    """Return one line about an artifact: its type, location and md5, or a model's framework and type, or
+    a metrics artifact's values."""
+    digest = artifact.uri if artifact.hash_state == "hashed" else artifact.hash_state
+    if artifact.type_name == "Model":
+        kind = " ".join(part for part in (artifact.model_framework, artifact.model_type) if part)
+        return f"Model {artifact.model_name} ({kind}) {artifact.url}  md5 {digest}"
+    if artifact.type_name == "Metrics":
+        return f"Metrics {artifact.metrics_name}: {_format_values(artifact.values)}"
+    if artifact.type_name == "Step_Metrics":
+        last = f", last step {_format_values(artifact.values)}" if artifact.values else ""
+        return f"Step_Metrics {artifact.metrics_name}: {artifact.step_count} step(s){last}"
+    return f"{artifact.type_name} {artifact.url}  md5 {digest}"
+
+
+def format_pipeline(view: PipelineView) -> list[str]:
+    """Return the lines that ``cmf-airflow lineage`` prints for a pipeline: stages, executions, artifacts."""
+    count = sum(len(stage.executions) for stage in view.stages)
+    lines = [f"Pipeline {view.name}: {len(view.stages)} stage(s), {count} execution(s)"]
+    for stage in view.stages:
+        lines.append(f"  Stage {stage.name}")
+        for execution in stage.executions:
+            duration = "-" if execution.duration_s is None else f"{execution.duration_s:.2f} s"
+            commit = execution.git_commit[:12] or "no git commit"
+            if execution.git_dirty:
+                commit += " (uncommitted changes)"
+            lines.append(
+                f"    Execution {execution.id} {execution.state} ({execution.airflow_state}), {duration}, "
+                f"try {execution.try_number}, run {execution.run_id}, git {commit}"
+            )
+            if execution.error:
+                lines.append(f"      error: {execution.error}")
+            for label, artifacts in (("input ", execution.inputs), ("output", execution.outputs)):
+                lines.extend(f"      {label} {describe_artifact(artifact)}" for artifact in artifacts)
+    return lines
+
+
+# Custom properties that the recorder writes on every artifact, as opposed to metric values.
+_BOOKKEEPING_PROPERTIES = frozenset({"hash_state", "size", "file_count", "reason", "step_count"})
+
+
+def _steps_property(artifact: mlmd.Artifact) -> list[dict[str, float | int]] | None:
+    if "steps" not in artifact.custom_properties:
+        return None
+    return json.loads(artifact.custom_properties["steps"].string_value)
+
+
+def _format_values(values: tuple[tuple[str, float | int], ...]) -> str:
+    return ", ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in values)
+
+
+def _number(value: mlmd.Value) -> float | int:
+    return value.int_value if value.WhichOneof("value") == "int_value" else value.double_value
+
+
+def _property_text(artifact: mlmd.Artifact, key: str) -> str:
+    return artifact.properties[key].string_value if key in artifact.properties else ""
 
 
 def _custom_text(message: mlmd.Execution | mlmd.Artifact, key: str) -> str:

@@ -4,6 +4,10 @@ A task try becomes an execution whose type is its stage (``<dag_id>/<task_id>``)
 ``Execution_uuid``, associated with the stage context, which is a child of the pipeline (DAG) context.
 Inputs and outputs are artifacts named ``<path>:<md5>`` with ``uri`` = md5, linked by INPUT and OUTPUT
 events and attributed to the stage context. Names and properties follow HPE CMF, so CMF tools read the store.
+
+Identity: an execution's MLMD external id is its ``Execution_uuid`` and an artifact's is ``<type>:<uri>``
+(see cmf_airflow.model), and the recorder finds existing objects by those ids. An artifact is its content,
+so the same bytes logged under two paths, or by two tasks, are one artifact with one event per use.
 """
 
 from __future__ import annotations
@@ -18,7 +22,15 @@ from typing import TYPE_CHECKING, Any
 from ml_metadata import errors as mlmd_errors
 from ml_metadata.proto import metadata_store_pb2 as mlmd
 
-from cmf_airflow.model import ArtifactRecord, EventKind, GitInfo, HashState, TaskOutcome, TaskRun
+from cmf_airflow.model import (
+    ArtifactRecord,
+    EventKind,
+    GitInfo,
+    HashState,
+    TaskOutcome,
+    TaskRun,
+    execution_external_id,
+)
 
 if TYPE_CHECKING:
     from ml_metadata.metadata_store import MetadataStore
@@ -47,6 +59,12 @@ _EXECUTION_PROPERTIES = {
     "Execution_uuid": _STRING,
 }
 _ARTIFACT_PROPERTIES = {"git_repo": _STRING, "Commit": _STRING, "url": _STRING}
+# The properties CMF declares on its artifact types beyond the common three.
+_TYPE_PROPERTIES = {
+    "Model": {"model_framework": _STRING, "model_type": _STRING, "model_name": _STRING},
+    "Metrics": {"metrics_name": _STRING},
+    "Step_Metrics": {"metrics_name": _STRING},
+}
 
 _EVENT_TYPES = {EventKind.INPUT: mlmd.Event.INPUT, EventKind.OUTPUT: mlmd.Event.OUTPUT}
 # Airflow's final task states as MLMD execution states; any other end (failed, up_for_retry) is FAILED.
@@ -64,7 +82,7 @@ class Recorder:
         # valid and spare the store a read per hook.
         self._contexts: dict[tuple[str, str], mlmd.Context] = {}
         self._linked_stages: set[int] = set()
-        self._artifacts: dict[tuple[str, str], mlmd.Artifact] = {}
+        self._artifacts: dict[str, mlmd.Artifact] = {}
         self._executions: dict[str, mlmd.Execution] = {}
         self._events: dict[int, set[tuple[int, int]]] = {}
 
@@ -91,10 +109,7 @@ class Recorder:
         self, run: TaskRun, inputs: Sequence[ArtifactRecord], git: GitInfo | None
     ) -> mlmd.Execution:
         """Record a task try that started running, with its inputs."""
-        facts = {"airflow_state": "running"}
-        if run.start_time is not None:
-            facts["start_time"] = run.start_time.isoformat()
-        return self._write(run, git, mlmd.Execution.RUNNING, facts, [(EventKind.INPUT, a) for a in inputs])
+        return self._write(run, git, mlmd.Execution.RUNNING, _start_facts(run), [(EventKind.INPUT, a) for a in inputs])
 
     def record_end(
         self,
@@ -115,51 +130,114 @@ class Recorder:
         events = [(EventKind.INPUT, a) for a in inputs] + [(EventKind.OUTPUT, a) for a in outputs]
         return self._write(run, git, state, facts, events)
 
+    def record_logged(
+        self,
+        run: TaskRun,
+        events: Sequence[tuple[EventKind, ArtifactRecord]],
+        git: GitInfo | None,
+        execution_properties: dict[str, Any] | None = None,
+    ) -> mlmd.Execution:
+        """Add artifacts and custom properties that a running task logs to the execution of its try.
+
+        The execution keeps its state. When no hook recorded the try's start, the execution is created here
+        as RUNNING, and the listener's end hook completes the same execution later.
+        """
+        facts = dict(execution_properties or {})
+        state = None
+        if self.find_execution(run) is None:
+            facts = {**_start_facts(run), **facts}
+            state = mlmd.Execution.RUNNING
+        return self._write(run, git, state, facts, events)
+
+    def find_execution(self, run: TaskRun) -> mlmd.Execution | None:
+        """Return the execution of a task try, or None when no writer has recorded it yet."""
+        execution_uuid = run.execution_uuid
+        execution = self._executions.get(execution_uuid)
+        if execution is None:
+            external_ids = [execution_external_id(execution_uuid)]
+            found = _by_external_ids(self._store.get_executions_by_external_ids, external_ids)
+            if found:
+                execution = found[0]
+                self._executions[execution_uuid] = execution
+        return execution
+
+    def artifact(self, external_id: str) -> mlmd.Artifact:
+        """Return an artifact that this recorder wrote or read, by its external id."""
+        return self._artifacts[external_id]
+
     def _write(
         self,
         run: TaskRun,
         git: GitInfo | None,
-        state: int,
+        state: int | None,
         facts: dict[str, Any],
         events: Iterable[tuple[EventKind, ArtifactRecord]],
     ) -> mlmd.Execution:
         pipeline = self._pipeline_context(run.dag_id)
         stage = self._stage_context(pipeline, run.stage_name)
         execution = self._execution(run, pipeline, stage, git)
-        execution.last_known_state = state
+        if state is not None:
+            execution.last_known_state = state
         _set_custom(execution, facts)
 
         known_events = self._known_events(execution)
+        artifact_and_events = self._new_events(list(events), known_events, git)
 
-        artifact_and_events = []
-        artifacts_in_call: dict[tuple[str, str], mlmd.Artifact] = {}
-        for kind, record in dict.fromkeys(events):
-            key = (record.type_name, record.name)
-            event_type = _EVENT_TYPES[kind]
-            artifact = artifacts_in_call.get(key)
-            if artifact is None:
-                artifact = self._artifact(record, git)
-                artifacts_in_call[key] = artifact
-            elif not artifact.HasField("id"):
-                # The same new artifact is both input and output: MLMD would insert it twice in one call.
-                [artifact.id] = self._store.put_artifacts([artifact])
-            if artifact.HasField("id"):
-                if (artifact.id, event_type) in known_events:
-                    continue
-                known_events.add((artifact.id, event_type))
-            artifact_and_events.append((artifact, mlmd.Event(type=event_type)))
-
-        execution_id, artifact_ids, _ = self._store.put_execution(
-            execution, artifact_and_events, [pipeline, stage], reuse_context_if_already_exist=True
-        )
+        contexts = [pipeline, stage]
+        try:
+            execution_id, artifact_ids, _ = self._store.put_execution(
+                execution, artifact_and_events, contexts, reuse_context_if_already_exist=True
+            )
+        except mlmd_errors.AlreadyExistsError:
+            # A store written before external ids were set: adopt its objects by name, then write again.
+            self._adopt_by_name(execution, run.stage_name, [artifact for artifact, _ in artifact_and_events])
+            execution_id, artifact_ids, _ = self._store.put_execution(
+                execution, artifact_and_events, contexts, reuse_context_if_already_exist=True
+            )
         execution.id = execution_id
         for (artifact, event), artifact_id in zip(artifact_and_events, artifact_ids):
             artifact.id = artifact_id
             known_events.add((artifact_id, event.type))
-        self._artifacts.update(artifacts_in_call)
-        self._executions[execution.name] = execution
+            self._artifacts[artifact.external_id] = artifact
+        self._executions[run.execution_uuid] = execution
         self._events[execution_id] = known_events
         return execution
+
+    def _new_events(
+        self,
+        events: list[tuple[EventKind, ArtifactRecord]],
+        known_events: set[tuple[int, int]],
+        git: GitInfo | None,
+    ) -> list[tuple[mlmd.Artifact, mlmd.Event]]:
+        artifacts = self._artifacts_for([record for _, record in events], git)
+        result: list[tuple[mlmd.Artifact, mlmd.Event]] = []
+        added: set[tuple[str, int]] = set()
+        for kind, record in events:
+            artifact = artifacts[record.external_id]
+            event_type = _EVENT_TYPES[kind]
+            if (record.external_id, event_type) in added:
+                continue
+            if artifact.HasField("id") and (artifact.id, event_type) in known_events:
+                continue
+            if not artifact.HasField("id") and any(other is artifact for other, _ in result):
+                # The same new artifact is both input and output: MLMD would insert it twice in one call.
+                [artifact.id] = self._store.put_artifacts([artifact])
+            added.add((record.external_id, event_type))
+            result.append((artifact, mlmd.Event(type=event_type)))
+        return result
+
+    def _adopt_by_name(self, execution: mlmd.Execution, stage_name: str, artifacts: list[mlmd.Artifact]) -> None:
+        if not execution.HasField("id"):
+            existing = self._store.get_execution_by_type_and_name(stage_name, execution.name)
+            if existing is not None:
+                execution.id = existing.id
+        type_names = {artifact_type.id: artifact_type.name for artifact_type in self._store.get_artifact_types()}
+        for artifact in artifacts:
+            if artifact.HasField("id"):
+                continue
+            existing = self._store.get_artifact_by_type_and_name(type_names[artifact.type_id], artifact.name)
+            if existing is not None:
+                artifact.id = existing.id
 
     def _known_events(self, execution: mlmd.Execution) -> set[tuple[int, int]]:
         if not execution.HasField("id"):
@@ -207,11 +285,11 @@ class Recorder:
     ) -> mlmd.Execution:
         type_id = self._execution_type(run.stage_name)
         execution_uuid = run.execution_uuid
-        execution = self._executions.get(execution_uuid)
+        execution = self.find_execution(run)
         if execution is None:
-            execution = self._store.get_execution_by_type_and_name(run.stage_name, execution_uuid)
-        if execution is None:
-            execution = mlmd.Execution(type_id=type_id, name=execution_uuid)
+            execution = mlmd.Execution(
+                type_id=type_id, name=execution_uuid, external_id=execution_external_id(execution_uuid)
+            )
 
         _set_properties(
             execution,
@@ -247,20 +325,37 @@ class Recorder:
             _set_custom(execution, {"params": json.dumps(run.params, sort_keys=True, default=str)})
         return execution
 
-    def _artifact(self, record: ArtifactRecord, git: GitInfo | None) -> mlmd.Artifact:
-        type_id = self._artifact_type(record.type_name)
-        existing = self._artifacts.get((record.type_name, record.name))
-        if existing is None:
-            existing = self._store.get_artifact_by_type_and_name(record.type_name, record.name)
-        if existing is not None:
-            return existing
+    def _artifacts_for(self, records: list[ArtifactRecord], git: GitInfo | None) -> dict[str, mlmd.Artifact]:
+        """Return the artifact of each record by external id: cached, found in the store in one call, or new."""
+        found: dict[str, mlmd.Artifact] = {}
+        missing: dict[str, ArtifactRecord] = {}
+        for record in records:
+            cached = self._artifacts.get(record.external_id)
+            if cached is not None:
+                found[record.external_id] = cached
+            else:
+                missing.setdefault(record.external_id, record)
+        if missing:
+            for artifact in _by_external_ids(self._store.get_artifacts_by_external_ids, list(missing)):
+                found[artifact.external_id] = artifact
+                self._artifacts[artifact.external_id] = artifact
+        for external_id, record in missing.items():
+            if external_id not in found:
+                found[external_id] = self._new_artifact(record, git)
+        return found
 
-        artifact = mlmd.Artifact(type_id=type_id, name=record.name, uri=record.md5 or record.uri)
-        artifact.state = mlmd.Artifact.LIVE if record.hash_state is HashState.HASHED else mlmd.Artifact.UNKNOWN
+    def _new_artifact(self, record: ArtifactRecord, git: GitInfo | None) -> mlmd.Artifact:
+        type_id = self._artifact_type(record.type_name)
+        artifact = mlmd.Artifact(
+            type_id=type_id, name=record.name, uri=record.artifact_uri, external_id=record.external_id
+        )
+        live = record.hash_state in (HashState.HASHED, HashState.NOT_A_FILE)
+        artifact.state = mlmd.Artifact.LIVE if live else mlmd.Artifact.UNKNOWN
         _set_properties(
             artifact,
             {"git_repo": git.remote_url if git else "", "Commit": record.md5 or "", "url": record.uri},
         )
+        _set_properties(artifact, dict(record.properties))
         custom: dict[str, Any] = {"hash_state": record.hash_state.value}
         if record.size is not None:
             custom["size"] = record.size
@@ -268,6 +363,7 @@ class Recorder:
             custom["file_count"] = record.file_count
         if record.reason:
             custom["reason"] = record.reason
+        custom.update(record.custom_properties)
         _set_custom(artifact, custom)
         return artifact
 
@@ -280,9 +376,8 @@ class Recorder:
         )
 
     def _artifact_type(self, name: str) -> int:
-        return self._registered(
-            "artifact", name, _ARTIFACT_PROPERTIES, self._store.put_artifact_type, mlmd.ArtifactType
-        )
+        properties = {**_ARTIFACT_PROPERTIES, **_TYPE_PROPERTIES.get(name, {})}
+        return self._registered("artifact", name, properties, self._store.put_artifact_type, mlmd.ArtifactType)
 
     def _registered(self, kind: str, name: str, properties: dict[str, int], put: Any, proto: Any) -> int:
         key = (kind, name)
@@ -294,6 +389,21 @@ class Recorder:
             type_id = put(message, can_add_fields=True)
             self._type_ids[key] = type_id
         return type_id
+
+
+def _by_external_ids(get: Any, external_ids: list[str]) -> list[Any]:
+    # MLMD 1.17 raises NotFoundError, instead of returning nothing, when none of the ids exists.
+    try:
+        return list(get(external_ids))
+    except mlmd_errors.NotFoundError:
+        return []
+
+
+def _start_facts(run: TaskRun) -> dict[str, Any]:
+    facts: dict[str, Any] = {"airflow_state": "running"}
+    if run.start_time is not None:
+        facts["start_time"] = run.start_time.isoformat()
+    return facts
 
 
 def _set_properties(message: Any, values: dict[str, Any]) -> None:

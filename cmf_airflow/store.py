@@ -20,6 +20,11 @@ _SQLITE_READWRITE_OPENCREATE = 3
 
 _LOCK_POLL_SECONDS = 0.005
 
+# Stores this process has opened, by (process id, real path). SQLite's file locks are POSIX locks, which
+# belong to the process: closing any descriptor of the file drops all of them, MLMD's included. So the
+# checks below, which open their own sqlite3 connection, run only on a process's first open of a store.
+_opened: set[tuple[int, str]] = set()
+
 
 class StoreError(Exception):
     """The local store cannot be opened or written; the message names the store and what to do."""
@@ -38,19 +43,23 @@ def open_store(path: str, *, read_only: bool = False) -> MetadataStore:
         raise StoreError(f"CMF store {path} is a folder; the store is an MLMD SQLite file, such as {path}/mlmd.sqlite")
     if read_only and not os.path.exists(path):
         raise StoreError(f"no CMF store at {path}: check the path, or run a DAG with cmf-airflow enabled first")
-    if not read_only:
+    opened_key = (os.getpid(), os.path.realpath(path))
+    first_open = opened_key not in _opened or not os.path.exists(path)
+    if not read_only and first_open:
         _make_folder(path)
         _use_write_ahead_log(path)
 
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = path
     config.sqlite.connection_mode = _SQLITE_READONLY if read_only else _SQLITE_READWRITE_OPENCREATE
-    if read_only:
+    if read_only and first_open:
         _check_is_mlmd(path)
     try:
-        return metadata_store.MetadataStore(config)
+        store = metadata_store.MetadataStore(config)
     except Exception as error:  # MLMD raises its own error types, and RuntimeError for a non-database file
         raise _cannot_open(path, error) from error
+    _opened.add(opened_key)
+    return store
 
 
 def _use_write_ahead_log(path: str) -> None:

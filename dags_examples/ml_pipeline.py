@@ -3,18 +3,20 @@
 ingest -> split -> featurize -> train -> evaluate. Each task reads and writes files under the data folder
 (``ML_PIPELINE_DATA_DIR``, by default ``$AIRFLOW_HOME/ml_pipeline_data``), and declares them, so the CMF
 listener records every file it reads as an input artifact and every file it writes as an output artifact.
-The digits ship inside scikit-learn: the pipeline downloads nothing.
+The training and evaluation tasks are CMF tasks (``@cmf_task``): training logs the model with its framework
+and type and the loss and accuracy of every epoch, and evaluation logs the model as its input and the test
+metrics. The digits ship inside scikit-learn: the pipeline downloads nothing.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime
 
 from cmf_airflow.compat import DAG, task
 
 from cmf_airflow import File, file_asset
+from cmf_airflow.operators import cmf_task
 
 DATA_DIR = os.path.abspath(
     os.environ.get(
@@ -26,7 +28,6 @@ RAW = os.path.join(DATA_DIR, "raw", "digits.csv")
 SPLIT = os.path.join(DATA_DIR, "split")
 FEATURES = os.path.join(DATA_DIR, "features")
 MODEL = os.path.join(DATA_DIR, "model", "model.pkl")
-METRICS = os.path.join(DATA_DIR, "metrics", "metrics.json")
 
 with DAG(
     dag_id="ml_pipeline",
@@ -34,7 +35,7 @@ with DAG(
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    params={"test_size": 0.25, "seed": 42, "max_iter": 200},
+    params={"test_size": 0.25, "seed": 42, "epochs": 8, "alpha": 0.0001},
     tags=["cmf", "example"],
 ) as dag:
 
@@ -78,42 +79,57 @@ with DAG(
             np.save(os.path.join(FEATURES, f"{part}_x.npy"), table[:, :-1] / 16.0, allow_pickle=False)
             np.save(os.path.join(FEATURES, f"{part}_y.npy"), table[:, -1].astype(np.int64), allow_pickle=False)
 
-    @task(inlets=[File(FEATURES)], outlets=[file_asset(MODEL)])
-    def train(params: dict | None = None) -> None:
-        """Fit a multinomial logistic regression on the training features and pickle it."""
+    @cmf_task(inlets=[File(FEATURES)])
+    def train(cmf, params: dict | None = None) -> None:
+        """Fit a linear classifier epoch by epoch with SGD, logging each epoch's loss and accuracy, then the model."""
         import pickle
 
         import numpy as np
-        from sklearn.linear_model import LogisticRegression
+        from sklearn.linear_model import SGDClassifier
+        from sklearn.metrics import accuracy_score, log_loss
 
         x = np.load(os.path.join(FEATURES, "train_x.npy"))
         y = np.load(os.path.join(FEATURES, "train_y.npy"))
-        model = LogisticRegression(max_iter=int(params["max_iter"]), random_state=int(params["seed"]))
-        model.fit(x, y)
+        classes = np.unique(y)
+        model = SGDClassifier(loss="log_loss", alpha=float(params["alpha"]), random_state=int(params["seed"]))
+        cmf.log_params({"epochs": int(params["epochs"]), "alpha": float(params["alpha"]), "loss": "log_loss"})
+        for _ in range(int(params["epochs"])):
+            model.partial_fit(x, y, classes=classes)
+            cmf.log_step_metrics(
+                "training",
+                {
+                    "log_loss": float(log_loss(y, model.predict_proba(x), labels=classes)),
+                    "accuracy": float(accuracy_score(y, model.predict(x))),
+                },
+            )
+        cmf.commit_step_metrics("training")
+
         os.makedirs(os.path.dirname(MODEL), exist_ok=True)
         with open(MODEL, "wb") as file:
             pickle.dump(model, file)
+        cmf.log_model(MODEL, framework="scikit-learn", model_type="SGDClassifier", name="digits-classifier")
 
-    @task(inlets=[file_asset(MODEL), File(FEATURES)], outlets=[File(METRICS)])
-    def evaluate() -> None:
-        """Score the model on the test features and write accuracy and macro F1 to a JSON file."""
+    @cmf_task(inlets=[File(FEATURES)])
+    def evaluate(cmf) -> None:
+        """Score the model on the test features and log accuracy and macro F1 as CMF metrics."""
         import pickle
 
         import numpy as np
         from sklearn.metrics import accuracy_score, f1_score
 
+        cmf.log_model(MODEL, framework="scikit-learn", model_type="SGDClassifier", event="input")
         with open(MODEL, "rb") as file:
             model = pickle.load(file)
         x = np.load(os.path.join(FEATURES, "test_x.npy"))
         y = np.load(os.path.join(FEATURES, "test_y.npy"))
         predicted = model.predict(x)
-        metrics = {
-            "accuracy": round(float(accuracy_score(y, predicted)), 6),
-            "f1_macro": round(float(f1_score(y, predicted, average="macro")), 6),
-            "test_rows": int(len(y)),
-        }
-        os.makedirs(os.path.dirname(METRICS), exist_ok=True)
-        with open(METRICS, "w", encoding="utf-8") as file:
-            json.dump(metrics, file, indent=2, sort_keys=True)
+        cmf.log_metrics(
+            "evaluation",
+            {
+                "accuracy": round(float(accuracy_score(y, predicted)), 6),
+                "f1_macro": round(float(f1_score(y, predicted, average="macro")), 6),
+                "test_rows": int(len(y)),
+            },
+        )
 
     ingest() >> split() >> featurize() >> train() >> evaluate()

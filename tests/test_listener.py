@@ -12,6 +12,26 @@ from ml_metadata.proto import metadata_store_pb2 as mlmd
 
 from cmf_airflow.model import TaskRun
 
+
+@pytest.fixture(autouse=True)
+def _without_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leave the Environment artifact out, so that each test counts only the artifacts of its DAG.
+
+    tests/test_environment.py covers the Environment artifact, which is on by default.
+    """
+    monkeypatch.setenv("AIRFLOW__CMF__CAPTURE_ENVIRONMENT", "False")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_git_lookup() -> None:
+    """Forget git provenance looked up by earlier tests, as a new task process would.
+
+    The lookup is cached per process and folder, and earlier tests commit DAG files to the same repository.
+    """
+    from cmf_airflow import provenance
+
+    provenance._git_info_of_folder.cache_clear()
+
 CHAIN_DAG = '''
 from datetime import datetime
 from pathlib import Path
@@ -412,3 +432,78 @@ def test_self_skipped_task_is_one_execution(cmf_store):
     else:  # Airflow 2 calls no hook when a task skips itself
         assert execution.last_known_state == mlmd.Execution.RUNNING
         assert _custom(execution, "airflow_state") == "running"
+
+
+NO_LINEAGE_DAG = '''
+from datetime import datetime
+
+from cmf_airflow.compat import DAG, task
+
+with DAG("no_lineage", schedule=None, start_date=datetime(2026, 1, 1), tags=["sync", "cmf:no-lineage"]) as dag:
+
+    @task
+    def push():
+        return "pushed"
+
+    @task
+    def fails():
+        raise ValueError("not recorded either")
+
+    push() >> fails()
+'''
+
+
+def test_no_lineage_tag_skips_every_task(cmf_store):
+    dag_file = write_dag(NO_LINEAGE_DAG, "no_lineage")
+    dag_run = load_dag(dag_file, "no_lineage").test()
+
+    assert _task_states(dag_run) == {"push": "success", "fails": "failed"}
+    assert not cmf_store.exists()
+
+
+VERSIONED_OUTLETS_DAG = '''
+from datetime import datetime
+from pathlib import Path
+
+from cmf_airflow.compat import DAG, task
+
+from cmf_airflow import File
+
+INSIDE = Path({inside!r})
+OUTSIDE = Path({outside!r})
+
+with DAG("versioned_outlets", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+
+    @task(outlets=[File(str(INSIDE)), File(str(OUTSIDE))])
+    def publish():
+        INSIDE.write_text("inside the workspace")
+        OUTSIDE.write_text("outside any workspace")
+
+    publish()
+'''
+
+
+def test_outlets_in_dvc_workspace_are_versioned(tmp_path, cmf_store, monkeypatch, caplog):
+    import subprocess
+    import sys
+
+    pytest.importorskip("cmf_airflow.versioning", reason="cmf_airflow/versioning.py is not in this checkout yet")
+    from conftest import make_git_repo
+
+    workspace = make_git_repo(tmp_path / "workspace")
+    subprocess.run([str(Path(sys.executable).with_name("dvc")), "init", "-q"], cwd=workspace, check=True)
+    git(workspace, "commit", "-q", "-m", "init dvc")
+    inside, outside = workspace / "table.csv", tmp_path / "elsewhere.csv"
+    monkeypatch.setenv("AIRFLOW__CMF__VERSION_ARTIFACTS", "True")
+    dag_file = write_dag(VERSIONED_OUTLETS_DAG.format(inside=str(inside), outside=str(outside)), "versioned_outlets")
+    with caplog.at_level(logging.INFO):
+        dag_run = load_dag(dag_file, "versioned_outlets").test()
+    artifacts = {a.properties["url"].string_value: a for a in open_read_only(cmf_store).get_artifacts()}
+    versioned, unversioned = artifacts[f"file://{inside}"], artifacts[f"file://{outside}"]
+
+    assert str(dag_run.state) == "success"
+    assert _custom(versioned, "git_commit") == git(workspace, "rev-parse", "HEAD")
+    assert _custom(versioned, "dvc_file") == f"{inside}.dvc"
+    assert versioned.properties["Commit"].string_value == hashlib.md5(b"inside the workspace").hexdigest()
+    assert "git_commit" not in unversioned.custom_properties
+    assert _cmf_warnings(caplog) == []

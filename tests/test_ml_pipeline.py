@@ -1,4 +1,5 @@
-"""The example ML pipeline end to end: five real tasks, their lineage, and DVC-identical hashes."""
+"""The example ML pipeline end to end: five real tasks, their lineage, logged model and metrics, and
+DVC-identical hashes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import yaml
 from conftest import EXAMPLE_DATA, REPO_ROOT, load_dag, make_git_repo, open_read_only
 from ml_metadata.proto import metadata_store_pb2 as mlmd
 
-from cmf_airflow.lineage import find_artifacts, read_pipelines, upstream
+from cmf_airflow.lineage import find_artifacts, format_pipeline, read_pipelines, step_metrics_rows, upstream
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 
@@ -69,7 +70,11 @@ def test_pipeline_records_five_successful_executions(pipeline_store):
 def test_model_lineage_reaches_the_raw_data(pipeline_store):
     store = open_read_only(pipeline_store)
     [model] = find_artifacts(store, "model.pkl")
-    steps = [(execution.stage, source.url) for execution, source in upstream(store, model.id)]
+    steps = [
+        (execution.stage, source.url)
+        for execution, source in upstream(store, model.id)
+        if source.type_name == "Dataset"
+    ]
 
     assert steps == [
         ("ml_pipeline/train", f"file://{EXAMPLE_DATA / 'features'}"),
@@ -80,12 +85,71 @@ def test_model_lineage_reaches_the_raw_data(pipeline_store):
 
 def test_pipeline_artifacts_have_the_md5_dvc_gives(pipeline_store, tmp_path):
     store = open_read_only(pipeline_store)
-    artifacts = store.get_artifacts()
+    files = [a for a in store.get_artifacts() if a.properties["url"].string_value.startswith("file://")]
+    types = {t.id: t.name for t in store.get_artifact_types()}
 
-    assert len(artifacts) == 5  # raw csv, split dir, features dir, model, metrics
-    for index, artifact in enumerate(artifacts):
+    # raw csv, split dir, features dir, model, step metrics rows, environment freeze file
+    assert sorted(types[a.type_id] for a in files) == [
+        "Dataset", "Dataset", "Dataset", "Environment", "Model", "Step_Metrics"
+    ]
+    for index, artifact in enumerate(files):
         path = Path(artifact.properties["url"].string_value.removeprefix("file://"))
         assert artifact.uri == _dvc_md5(path, tmp_path / f"workspace-{index}"), path
+
+
+def _stage(pipeline_store: Path, name: str):
+    [pipeline] = read_pipelines(open_read_only(pipeline_store), "ml_pipeline")
+    [stage] = [stage for stage in pipeline.stages if stage.name == f"ml_pipeline/{name}"]
+    [execution] = stage.executions
+    return execution
+
+
+def test_training_logs_model_and_step_metrics(pipeline_store):
+    train = _stage(pipeline_store, "train")
+    [model] = [a for a in train.outputs if a.type_name == "Model"]
+    [steps] = [a for a in train.outputs if a.type_name == "Step_Metrics"]
+    [stored] = open_read_only(pipeline_store).get_artifacts_by_id([steps.id])
+    rows = step_metrics_rows(stored)
+
+    assert model.model_framework == "scikit-learn"
+    assert model.model_type == "SGDClassifier"
+    assert model.model_name == "digits-classifier"
+    assert model.url == f"file://{EXAMPLE_DATA / 'model' / 'model.pkl'}"
+    assert steps.metrics_name == "training"
+    assert steps.step_count == 8
+    assert [row["step"] for row in rows] == list(range(8))
+    assert all(0.0 < row["accuracy"] <= 1.0 for row in rows)
+    assert rows[-1]["log_loss"] < rows[0]["log_loss"]
+
+
+def test_evaluation_reads_the_trained_model_and_logs_metrics(pipeline_store):
+    train = _stage(pipeline_store, "train")
+    evaluate = _stage(pipeline_store, "evaluate")
+    [model_out] = [a for a in train.outputs if a.type_name == "Model"]
+    [model_in] = [a for a in evaluate.inputs if a.type_name == "Model"]
+    [metrics] = [a for a in evaluate.outputs if a.type_name == "Metrics"]
+    values = dict(metrics.values)
+
+    assert model_in.id == model_out.id
+    assert metrics.metrics_name == "evaluation"
+    assert sorted(values) == ["accuracy", "f1_macro", "test_rows"]
+    assert 0.8 < values["accuracy"] <= 1.0
+    assert values["test_rows"] == 450
+
+
+def test_lineage_report_shows_model_and_metrics(pipeline_store):
+    [pipeline] = read_pipelines(open_read_only(pipeline_store), "ml_pipeline")
+    lines = format_pipeline(pipeline)
+    model_path = EXAMPLE_DATA / "model" / "model.pkl"
+
+    assert lines[0] == "Pipeline ml_pipeline: 5 stage(s), 5 execution(s)"
+    assert any(
+        line.startswith(f"      output Model digits-classifier (scikit-learn SGDClassifier) file://{model_path}  md5 ")
+        for line in lines
+    )
+    assert any(line.startswith("      input  Model digits-classifier (scikit-learn SGDClassifier)") for line in lines)
+    assert any(line.startswith("      output Metrics evaluation: accuracy=") for line in lines)
+    assert any(line.startswith("      output Step_Metrics training: 8 step(s), last step log_loss=") for line in lines)
 
 
 def test_pipeline_executions_carry_the_dag_files_commit(pipeline_store):

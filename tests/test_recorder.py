@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from ml_metadata.proto import metadata_store_pb2 as mlmd
 
-from cmf_airflow.model import ArtifactRecord, GitInfo, HashState, TaskOutcome, TaskRun
+from cmf_airflow.model import ArtifactRecord, EventKind, GitInfo, HashState, TaskOutcome, TaskRun
 from cmf_airflow.recorder import Recorder
 from cmf_airflow.store import StoreLockTimeout, open_store, write_lock
 
@@ -126,3 +126,81 @@ def test_write_lock_times_out_while_held(tmp_path):
             # flock locks belong to the open file description, so a second open in one process conflicts.
             with write_lock(path, timeout=0.2):
                 pass
+
+
+def test_objects_carry_external_ids(recorder):
+    execution = recorder.record_start(_run(), [_dataset("/d/in.csv", "6" * 32)], GIT)
+    [artifact] = recorder.store.get_artifacts()
+
+    assert execution.external_id == _run().execution_uuid
+    assert artifact.external_id == "Dataset:" + "6" * 32
+    assert recorder.store.get_artifacts_by_external_ids([artifact.external_id])[0].id == artifact.id
+
+
+def test_same_content_at_two_paths_is_one_artifact(recorder):
+    first, second = _dataset("/d/a.csv", "7" * 32), _dataset("/elsewhere/b.csv", "7" * 32)
+    recorder.record_start(_run(1), [first], GIT)
+    # A second recorder, as in another task process: it must find the artifact in the store by external id.
+    other = Recorder(recorder.store)
+    other.record_start(_run(2), [second], GIT)
+    [artifact] = recorder.store.get_artifacts()
+
+    assert artifact.name == "/d/a.csv:" + "7" * 32
+    assert len(recorder.store.get_events_by_artifact_ids([artifact.id])) == 2
+
+
+def test_logged_artifacts_create_then_join_one_execution(recorder):
+    model = ArtifactRecord(
+        uri="file:///m/model.pkl",
+        path="/m/model.pkl",
+        md5="8" * 32,
+        hash_state=HashState.HASHED,
+        type_name="Model",
+        explicit_name="/m/model.pkl:" + "8" * 32 + ":1",
+        properties=(("model_framework", "sklearn"), ("model_type", "SGD"), ("model_name", "model.pkl")),
+    )
+    created = recorder.record_logged(_run(), [(EventKind.OUTPUT, model)], GIT, {"learning_rate": 0.5})
+    ended = recorder.record_end(_run(), TaskOutcome("success", START + timedelta(seconds=1)), [], GIT)
+    [execution] = recorder.store.get_executions()
+    [artifact] = recorder.store.get_artifacts()
+
+    assert created.id == ended.id == execution.id
+    assert execution.last_known_state == mlmd.Execution.COMPLETE
+    assert execution.custom_properties["learning_rate"].double_value == 0.5
+    assert artifact.properties["model_framework"].string_value == "sklearn"
+    assert artifact.external_id == "Model:" + "8" * 32
+
+
+def test_logging_keeps_the_execution_state(recorder):
+    recorder.record_start(_run(), [], GIT)
+    recorder.record_logged(_run(), [], GIT, {"epochs": 3})
+    [execution] = recorder.store.get_executions()
+
+    assert execution.last_known_state == mlmd.Execution.RUNNING
+    assert execution.custom_properties["airflow_state"].string_value == "running"
+    assert execution.custom_properties["epochs"].int_value == 3
+
+
+def test_store_without_external_ids_is_adopted_by_name(recorder):
+    # A store written by an earlier version: the same execution and artifact names, no external ids.
+    recorder.record_start(_run(), [_dataset("/d/old.csv", "9" * 32)], GIT)
+    store = recorder.store
+    [execution] = store.get_executions()
+    [artifact] = store.get_artifacts()
+    execution.ClearField("external_id")
+    artifact.ClearField("external_id")
+    store.put_executions([execution])
+    store.put_artifacts([artifact])
+    assert store.get_executions()[0].external_id == ""
+    assert store.get_artifacts()[0].external_id == ""
+
+    Recorder(store).record_end(
+        _run(), TaskOutcome("success", START), [_dataset("/d/old.csv", "9" * 32)], GIT
+    )
+
+    assert [e.id for e in store.get_executions()] == [execution.id]
+    assert [a.id for a in store.get_artifacts()] == [artifact.id]
+    assert sorted(e.type for e in store.get_events_by_artifact_ids([artifact.id])) == [
+        mlmd.Event.INPUT,
+        mlmd.Event.OUTPUT,
+    ]

@@ -34,6 +34,10 @@ test-airflow2: setup-airflow2
 bench: setup
 	$(UV) run --no-sync python benchmarks/bench_hashing.py
 	$(UV) run --no-sync python benchmarks/bench_listener.py
+	$(UV) run --no-sync python benchmarks/bench_logging.py
+	$(UV) run --no-sync python benchmarks/bench_versioning.py
+	$(UV) run --no-sync python benchmarks/bench_server.py
+	$(UV) run --no-sync python benchmarks/bench_sync.py
 
 clean:
 	rm -rf .cmf-demo .venv $(AIRFLOW2_ENV) .pytest_cache

@@ -1,11 +1,11 @@
-"""The ``cmf-airflow`` command line: ``demo`` and ``lineage``."""
+"""The ``cmf-airflow`` command line: ``demo``, ``lineage``, ``server``, ``push``, ``pull`` and ``export``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from cmf_airflow.version import __version__
 
@@ -47,7 +47,29 @@ def _parser() -> argparse.ArgumentParser:
         help="also trace back to their sources the artifacts whose md5 equals, or whose name contains, ARTIFACT",
     )
     lineage.set_defaults(run=_run_lineage)
+
+    _register_server(commands)
+    from cmf_airflow.sync.cli import register as register_sync
+
+    register_sync(commands)
     return parser
+
+
+def _register_server(commands: argparse._SubParsersAction) -> None:
+    try:
+        from cmf_airflow.server.cli import register
+    except ImportError as error:
+        # The server's dependencies (FastAPI, uvicorn) are part of the package, so this only happens in a
+        # broken installation: the other commands still work.
+        server = commands.add_parser("server", help="run the central CMF server (unavailable, see its error)")
+        server.set_defaults(run=lambda args: _unavailable("server", error))
+        return
+    register(commands)
+
+
+def _unavailable(command: str, error: Exception) -> int:
+    print(f"cmf-airflow {command}: cannot load the command: {error}", file=sys.stderr)
+    return 1
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -106,27 +128,11 @@ def print_lineage(store, path: str, pipeline: str | None, upstream_of: str | Non
     return 0
 
 
-def _print_pipeline(view, out: TextIO) -> None:
-    count = sum(len(stage.executions) for stage in view.stages)
-    print(f"Pipeline {view.name}: {len(view.stages)} stage(s), {count} execution(s)", file=out)
-    for stage in view.stages:
-        print(f"  Stage {stage.name}", file=out)
-        for execution in stage.executions:
-            duration = "-" if execution.duration_s is None else f"{execution.duration_s:.2f} s"
-            commit = execution.git_commit[:12] or "no git commit"
-            if execution.git_dirty:
-                commit += " (uncommitted changes)"
-            print(
-                f"    Execution {execution.id} {execution.state} ({execution.airflow_state}), {duration}, "
-                f"try {execution.try_number}, run {execution.run_id}, git {commit}",
-                file=out,
-            )
-            if execution.error:
-                print(f"      error: {execution.error}", file=out)
-            for label, artifacts in (("input ", execution.inputs), ("output", execution.outputs)):
-                for artifact in artifacts:
-                    digest = artifact.uri if artifact.hash_state == "hashed" else artifact.hash_state
-                    print(f"      {label} {artifact.type_name} {artifact.url}  md5 {digest}", file=out)
+def _print_pipeline(view: Any, out: TextIO) -> None:
+    from cmf_airflow.lineage import format_pipeline
+
+    for line in format_pipeline(view):
+        print(line, file=out)
 
 
 if __name__ == "__main__":

@@ -94,14 +94,38 @@ CMF_OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
+# The layout of Airflow's connection form for a connection of type cmf. Airflow 3 reads it from here without
+# importing the hook, and CmfHook.get_ui_field_behaviour returns the same values for Airflow 2.
+CMF_CONNECTION_FORM: dict[str, Any] = {
+    "hidden-fields": ["login", "extra"],
+    "relabeling": {"schema": "Scheme", "password": "Token"},
+    "placeholders": {
+        "host": "cmf.example.org, or cmf.example.org/prefix behind a proxy",
+        "port": "8080",
+        "schema": "http or https (default http)",
+        "password": "the server's bearer token, empty when it needs none",
+    },
+}
+
+
 def get_provider_info() -> dict[str, Any]:
-    """Return the provider description that Airflow's providers manager reads through the entry point."""
+    """Return the provider description that Airflow's providers manager reads through the entry point.
+
+    It declares the ``[cmf]`` section with its defaults and the connection type ``cmf`` of the CMF server.
+    """
     return {
         "package-name": "cmf-airflow",
         "name": "Common Metadata Framework (CMF)",
         "description": "Records Airflow task instances, their artifacts and git provenance as CMF lineage in "
         "ML Metadata.",
         "versions": [__version__],
+        "connection-types": [
+            {
+                "hook-class-name": "cmf_airflow.hooks.cmf.CmfHook",
+                "connection-type": "cmf",
+                "ui-field-behaviour": CMF_CONNECTION_FORM,
+            },
+        ],
         "config": {
             "cmf": {
                 "description": "cmf-airflow: CMF lineage of every task instance.",

@@ -17,7 +17,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    return args.run(args)
+    try:
+        return args.run(args)
+    except Exception as error:
+        # Imported only here: importing Airflow configures it, which the demo must be able to prepare first.
+        from airflow.exceptions import AirflowConfigException
+
+        if not isinstance(error, AirflowConfigException):
+            raise
+        print(f"cmf-airflow {args.command}: invalid Airflow configuration: {error}", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:

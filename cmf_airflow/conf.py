@@ -119,7 +119,12 @@ def conn_id() -> str:
 
 def sync_batch_size() -> int:
     """``[cmf] sync_batch_size``: the most executions one push request carries."""
-    return max(1, airflow_conf().getint(SECTION, "sync_batch_size", fallback=500))
+    value = airflow_conf().getint(SECTION, "sync_batch_size", fallback=500)
+    if value < 1:
+        from airflow.exceptions import AirflowConfigException
+
+        raise AirflowConfigException(f"[cmf] sync_batch_size is {value}: set it to 1 or more (default 500)")
+    return value
 
 
 def sync_timeout() -> float:

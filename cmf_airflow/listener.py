@@ -115,14 +115,15 @@ class CmfListener:
 
         with write_lock(settings.store, settings.lock_timeout):
             execution = opened.recorder.record_end(run, outcome, outputs, git, inputs)
+        input_count, output_count = opened.recorder.event_counts(execution)
         logger.info(
             "CMF recorded execution %s: %s try %s %s, %d input(s), %d output(s), store %s",
             execution.id,
             run.stage_name,
             run.try_number,
             outcome.state,
-            len(started.inputs if started is not None else inputs),
-            len(outputs),
+            input_count,
+            output_count,
             settings.store,
         )
 

@@ -203,6 +203,13 @@ class Recorder:
         self._events[execution_id] = known_events
         return execution
 
+    def event_counts(self, execution: mlmd.Execution) -> tuple[int, int]:
+        """Return how many inputs and outputs the execution has, counting what the task logged itself."""
+        known = self._known_events(execution)
+        inputs = sum(1 for _, event_type in known if event_type == mlmd.Event.INPUT)
+        outputs = sum(1 for _, event_type in known if event_type == mlmd.Event.OUTPUT)
+        return inputs, outputs
+
     def _new_events(
         self,
         events: list[tuple[EventKind, ArtifactRecord]],

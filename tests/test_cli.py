@@ -77,7 +77,31 @@ def test_push_prints_summary_then_nothing_to_push(tmp_path, server_url, capsys):
     assert first == 0
     assert first_output.startswith(f"pushed 2 execution(s) of 1 pipeline(s) to {server_url} in 1 request(s)")
     assert second == 0
-    assert second_output.strip() == f"nothing to push to {server_url}: it has every execution"
+    assert second_output.strip() == f"nothing to push to {server_url}: it acknowledged every execution of the local store"
+
+
+def test_push_of_unknown_pipeline_names_the_pipelines(tmp_path, server_url, capsys):
+    store = _store(tmp_path, "cli_known")
+    capsys.readouterr()
+
+    status = main(["push", "--server", server_url, "--token", "cli-token", "--store", str(store), "--pipeline", "nope"])
+    error = capsys.readouterr().err
+
+    assert status == 1
+    assert "the local store contains no pipeline nope (pipelines: cli_known)" in error
+
+
+def test_invalid_batch_size_is_one_line_error(tmp_path, server_url, monkeypatch, capsys):
+    store = _store(tmp_path, "cli_batch")
+    monkeypatch.setenv("AIRFLOW__CMF__SYNC_BATCH_SIZE", "0")
+    capsys.readouterr()
+
+    status = main(["push", "--server", server_url, "--token", "cli-token", "--store", str(store)])
+    error = capsys.readouterr().err
+
+    assert status == 1
+    assert "invalid Airflow configuration: [cmf] sync_batch_size is 0: set it to 1 or more" in error
+    assert "Traceback" not in error
 
 
 def test_push_reads_server_and_token_from_cmf_default(tmp_path, server_url, monkeypatch, capsys):

@@ -6,62 +6,15 @@ events and one for all their artifacts, whatever the number of executions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ml_metadata.proto import metadata_store_pb2 as mlmd
 
-from cmf_airflow.wire import (
-    EXECUTION_UUID,
-    PIPELINE_TYPE,
-    WireArtifact,
-    WireDocument,
-    WireEvent,
-    WireExecution,
-    WirePipeline,
-    WireStage,
-)
+from cmf_airflow.documents import TypeNames, WireConverter, properties_of
+from cmf_airflow.wire import EXECUTION_UUID, PIPELINE_TYPE, WireDocument
 
 if TYPE_CHECKING:
     from ml_metadata.metadata_store import MetadataStore
-
-
-class TypeNames:
-    """Type names by id for one store, read once per kind."""
-
-    def __init__(self, store: MetadataStore) -> None:
-        self._store = store
-        self._names: dict[tuple[str, int], str] = {}
-
-    def name(self, kind: str, type_id: int) -> str:
-        """Return the name of the ``kind`` ("execution", "artifact" or "context") type ``type_id``."""
-        key = (kind, type_id)
-        if key not in self._names:
-            read = {"execution": self._store.get_execution_types, "artifact": self._store.get_artifact_types,
-                    "context": self._store.get_context_types}[kind]
-            for stored in read():
-                self._names[(kind, stored.id)] = stored.name
-        return self._names.get(key, "")
-
-
-def value_of(value: mlmd.Value) -> Any:
-    """Return an MLMD property value as a plain JSON value (structs and protos as their text)."""
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "int_value":
-        return value.int_value
-    if kind == "double_value":
-        return value.double_value
-    if kind == "bool_value":
-        return value.bool_value
-    return str(getattr(value, kind)) if kind else None
-
-
-def properties_of(values: Mapping[str, mlmd.Value]) -> dict[str, Any]:
-    """Return a node's properties as plain JSON values, leaving out unset ones."""
-    plain = {key: value_of(value) for key, value in values.items()}
-    return {key: value for key, value in plain.items() if value is not None}
 
 
 def pipeline_context(store: MetadataStore, pipeline_name: str) -> mlmd.Context | None:
@@ -105,30 +58,18 @@ def read_document(
                      if item.last_update_time_since_epoch > since_ms or item.id in changed])
             for stage, executions in stage_executions
         ]
-    artifact_ids = sorted({event.artifact_id for event in events})
-    artifacts = {item.id: item for item in store.get_artifacts_by_id(artifact_ids)} if artifact_ids else {}
-    events_by_execution: dict[int, list[mlmd.Event]] = {}
-    for event in events:
-        events_by_execution.setdefault(event.execution_id, []).append(event)
+    converter = WireConverter(store, properties_of, types)
+    # A pull sends each execution's events ordered by artifact id, then event type.
+    ordered = sorted(events, key=lambda event: (event.artifact_id, event.type))
+    events_by_execution = converter.events_by_execution(ordered)
 
     stages = []
     for stage, executions in stage_executions:
         if filtering and not executions:
             continue
-        wire_executions = tuple(
-            _wire_execution(item, events_by_execution.get(item.id, []), artifacts, types) for item in executions
-        )
-        stages.append(_wire_stage(stage, wire_executions, types))
-    return WireDocument((WirePipeline(
-        name=pipeline.name,
-        properties=properties_of(pipeline.properties),
-        custom_properties=properties_of(pipeline.custom_properties),
-        stages=tuple(stages),
-        type=types.name("context", pipeline.type_id) or PIPELINE_TYPE,
-        create_time_since_epoch=pipeline.create_time_since_epoch,
-        last_update_time_since_epoch=pipeline.last_update_time_since_epoch,
-        id=pipeline.id,
-    ),))
+        wire_executions = [converter.execution(item, events_by_execution.get(item.id, ())) for item in executions]
+        stages.append(converter.stage(stage, wire_executions))
+    return WireDocument((converter.pipeline(pipeline, stages),))
 
 
 def _has_uuid(execution: mlmd.Execution, exec_uuid: str) -> bool:
@@ -136,53 +77,6 @@ def _has_uuid(execution: mlmd.Execution, exec_uuid: str) -> bool:
     if execution.external_id == exec_uuid:
         return True
     return exec_uuid in execution.properties[EXECUTION_UUID].string_value.split(",")
-
-
-def _wire_stage(stage: mlmd.Context, executions: tuple[WireExecution, ...], types: TypeNames) -> WireStage:
-    return WireStage(
-        name=stage.name,
-        properties=properties_of(stage.properties),
-        custom_properties=properties_of(stage.custom_properties),
-        executions=executions,
-        type=types.name("context", stage.type_id),
-        create_time_since_epoch=stage.create_time_since_epoch,
-        last_update_time_since_epoch=stage.last_update_time_since_epoch,
-        id=stage.id,
-    )
-
-
-def _wire_execution(
-    execution: mlmd.Execution, events: Iterable[mlmd.Event], artifacts: Mapping[int, mlmd.Artifact],
-    types: TypeNames,
-) -> WireExecution:
-    ordered = sorted(events, key=lambda event: (event.artifact_id, event.type))
-    return WireExecution(
-        type=types.name("execution", execution.type_id),
-        name=execution.name,
-        properties=properties_of(execution.properties),
-        custom_properties=properties_of(execution.custom_properties),
-        events=tuple(WireEvent(event.type, wire_artifact(artifacts[event.artifact_id], types))
-                     for event in ordered if event.artifact_id in artifacts),
-        create_time_since_epoch=execution.create_time_since_epoch,
-        last_update_time_since_epoch=execution.last_update_time_since_epoch,
-        last_known_state=mlmd.Execution.State.Name(execution.last_known_state),
-        id=execution.id,
-    )
-
-
-def wire_artifact(artifact: mlmd.Artifact, types: TypeNames) -> WireArtifact:
-    """Return a stored artifact as a wire artifact."""
-    return WireArtifact(
-        type=types.name("artifact", artifact.type_id),
-        name=artifact.name,
-        uri=artifact.uri,
-        properties=properties_of(artifact.properties),
-        custom_properties=properties_of(artifact.custom_properties),
-        create_time_since_epoch=artifact.create_time_since_epoch,
-        last_update_time_since_epoch=artifact.last_update_time_since_epoch,
-        id=artifact.id,
-        state=mlmd.Artifact.State.Name(artifact.state),
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------

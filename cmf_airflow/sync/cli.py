@@ -92,6 +92,7 @@ def run_push(args: argparse.Namespace) -> int:
                 batch_size=conf.sync_batch_size(),
                 lock_timeout=conf.lock_timeout(),
                 progress=progress,
+                require_known_pipelines=True,
             )
     except (SyncError, StoreError) as error:
         return _fail("push", str(error))

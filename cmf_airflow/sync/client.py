@@ -158,8 +158,10 @@ class CmfClient:
             )
         if 400 <= code < 500:
             detail = _detail(response)
+            hint = _TOO_LARGE_HINT if code == 413 else ""
             raise RequestRejectedError(
-                f"the CMF server at {self.base_url} rejected the request to {path} with HTTP {code}: {detail}",
+                f"the CMF server at {self.base_url} rejected the request to {path} with HTTP {code}: {detail}"
+                f"{hint}; {consequence}",
                 code,
                 detail,
             )
@@ -204,6 +206,11 @@ class CmfClient:
 def _describe(error: Exception) -> str:
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+_TOO_LARGE_HINT = (
+    " (lower [cmf] sync_batch_size on this site, or start the server with a larger --max-body-bytes)"
+)
 
 
 def _detail(response: httpx.Response) -> str:

@@ -17,6 +17,7 @@ from ml_metadata.proto import metadata_store_pb2 as mlmd
 from cmf_airflow.store import write_lock
 from cmf_airflow.sync.local import open_local_store
 from cmf_airflow.sync.client import CmfClient
+from cmf_airflow.sync.errors import SyncError
 from cmf_airflow.sync.reader import StageBatch, StoreReader
 from cmf_airflow.sync.state import AckState, AckStore, next_watermark
 from cmf_airflow.wire import push_request_body
@@ -48,7 +49,7 @@ class PushResult:
     def summary(self) -> str:
         """One line for a log or a terminal."""
         if not self.executions_sent:
-            text = f"nothing to push to {self.server}: it has every execution"
+            text = f"nothing to push to {self.server}: it acknowledged every execution of the local store"
         else:
             text = (
                 f"pushed {self.executions_sent} execution(s) of {len(self.pipelines)} pipeline(s) to {self.server} "
@@ -77,10 +78,13 @@ def push(
     batch_size: int = 500,
     lock_timeout: float = 10.0,
     progress: ProgressCallback | None = None,
+    require_known_pipelines: bool = False,
 ) -> PushResult:
     """Push the executions of the store at ``store_path`` that ``client``'s server has not acknowledged.
 
-    ``pipelines`` limits the push to those pipelines (DAG ids). ``progress`` is called after each
+    ``pipelines`` limits the push to those pipelines (DAG ids). With ``require_known_pipelines``, a pipeline
+    that the store never recorded raises a SyncError (a typo on the command line) instead of sending nothing;
+    a scheduled push leaves it off, because a site may not have run a DAG yet. ``progress`` is called after each
     acknowledged request with the number of executions it carried and the number this push sends in all.
     Raises a SyncError when the server cannot be reached or rejects a request, after recording what it
     acknowledged until then. Raises StoreError when the store does not exist.
@@ -89,6 +93,8 @@ def push(
     acks = AckStore(store, client.base_url)
     reader = StoreReader(store)
     state = acks.load()
+    if pipelines and require_known_pipelines:
+        _check_pipelines(reader, pipelines)
     plan = _plan(reader, state, pipelines, max(1, batch_size))
     if plan.unsendable:
         # Recorded as handled, so that they neither hold the watermark back nor warn again on every push.
@@ -133,6 +139,16 @@ class _Plan:
     outstanding: list[mlmd.Execution]
     batches: list[StageBatch]
     unsendable: tuple[mlmd.Execution, ...]
+
+
+def _check_pipelines(reader: StoreReader, pipelines: Sequence[str]) -> None:
+    known = reader.pipeline_names()
+    unknown = [name for name in pipelines if name not in known]
+    if unknown:
+        raise SyncError(
+            f"the local store contains no pipeline {', '.join(unknown)} (pipelines: {', '.join(known) or 'none'}): "
+            "pass a DAG id that the store recorded"
+        )
 
 
 def _plan(reader: StoreReader, state: AckState, pipelines: Sequence[str] | None, batch_size: int) -> _Plan:

@@ -24,6 +24,9 @@ import httpx
 POSTGRES_HOST = "127.0.0.1"
 POSTGRES_PORT = 5432
 POSTGRES_USER = "postgres"
+MYSQL_HOST = "127.0.0.1"
+MYSQL_PORT = 3306
+MYSQL_USER = "root"
 _STARTUP_TIMEOUT_S = 60.0
 
 
@@ -125,6 +128,24 @@ def postgres_database(prefix: str = "cmf_test") -> Iterator[str]:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextlib.contextmanager
+def mysql_database(prefix: str = "cmf_test") -> Iterator[str]:
+    """Yield the ``mysql://`` URL of a uniquely named database on the local MariaDB, then drop it.
+
+    MLMD creates the database on its first connection. It is dropped with the ``mysql`` command line client,
+    since the project has no Python MySQL driver.
+    """
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        yield f"mysql://{MYSQL_USER}@{MYSQL_HOST}:{MYSQL_PORT}/{name}"
+    finally:
+        subprocess.run(
+            ["mysql", f"-h{MYSQL_HOST}", f"-P{MYSQL_PORT}", f"-u{MYSQL_USER}", "-e", f"DROP DATABASE IF EXISTS `{name}`"],
+            check=True,
+            capture_output=True,
+        )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Documents and store snapshots
 
@@ -204,7 +225,7 @@ def stage_documents(document):
 
 
 def open_store_for_test(store: str):
-    """Open a server's store (SQLite path or PostgreSQL URL) from the test process, to inspect it."""
+    """Open a server's store (SQLite path, PostgreSQL or MySQL URL) from the test process, to inspect it."""
     from cmf_airflow.server.stores import open_server_store
 
     return open_server_store(store)

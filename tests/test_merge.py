@@ -17,18 +17,19 @@ from cmf_airflow.server.queries import read_document
 from cmf_airflow.store import open_store
 from cmf_airflow.wire import (EVENT_INPUT, EVENT_OUTPUT, WireArtifact, WireDocument, WireError, WireEvent,
                               WireExecution, WirePipeline, WireStage)
-from server_utils import build_document, open_store_for_test, postgres_database, store_snapshot
+from server_utils import build_document, mysql_database, open_store_for_test, postgres_database, store_snapshot
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 def store(request, tmp_path):
-    """A fresh MLMD store on SQLite or on a new database of the local PostgreSQL."""
+    """A fresh MLMD store on SQLite, or on a new database of the local PostgreSQL or MariaDB."""
     if request.param == "sqlite":
         yield open_store(str(tmp_path / "server.sqlite"))
         return
-    with postgres_database() as url:
+    database = postgres_database if request.param == "postgresql" else mysql_database
+    with database() as url:
         yield open_store_for_test(url)
 
 

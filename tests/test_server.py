@@ -20,8 +20,8 @@ from cmf_airflow.recorder import Recorder
 from cmf_airflow.server.queries import read_document
 from cmf_airflow.store import open_store
 from cmf_airflow.wire import WireDocument, parse_document, push_request_body
-from server_utils import (build_document, open_store_for_test, postgres_database, server_process, stage_documents,
-                          store_snapshot)
+from server_utils import (build_document, mysql_database, open_store_for_test, postgres_database, server_process,
+                          stage_documents, store_snapshot)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cmf_client_push.json"
 BODY_LIMIT = 4 * 1024 * 1024
@@ -43,12 +43,15 @@ class Backend:
 def _store_location(kind: str, folder: Path):
     if kind == "sqlite":
         yield str(folder / f"server-{uuid.uuid4().hex[:6]}.sqlite")
+    elif kind == "mysql":
+        with mysql_database() as url:
+            yield url
     else:
         with postgres_database() as url:
             yield url
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "mysql"])
 def backend(request, tmp_path_factory):
     """One server per store kind for the module; each test uses its own pipeline names."""
     folder = tmp_path_factory.mktemp(request.param)

@@ -64,8 +64,6 @@ def connection_config(store: str):
         target.dbname = database
         password = parts.password if parts.password is not None else os.environ.get("PGPASSWORD")
     else:
-        # NOTE: the MySQL branch builds MLMD's documented MySQLDatabaseConfig but has not run against a MySQL
-        # server in this project's tests, which use SQLite and PostgreSQL.
         target = config.mysql
         target.host = parts.hostname or "127.0.0.1"
         if socket_folder:

@@ -118,8 +118,8 @@ def for_task_instance(task_instance: Any) -> CmfExecution:
 def release(key: str) -> bool:
     """Forget the API object of a finished try after committing its step metrics; return whether it wrote.
 
-    Called by the listener's end hook. A failure to commit is logged as a warning, never raised, because the
-    hook must still record how the try ended.
+    Called by the listener's end hook. A failure to commit is logged as a warning and not raised, because
+    the hook must still record how the try ended.
     """
     with _executions_lock:
         execution = _executions.pop(key, None)

@@ -118,7 +118,7 @@ def conn_id() -> str:
 
 
 def sync_batch_size() -> int:
-    """``[cmf] sync_batch_size``: the most executions one push request carries."""
+    """``[cmf] sync_batch_size``: the maximum number of executions in one push request."""
     value = airflow_conf().getint(SECTION, "sync_batch_size", fallback=500)
     if value < 1:
         from airflow.exceptions import AirflowConfigException
@@ -128,7 +128,7 @@ def sync_batch_size() -> int:
 
 
 def sync_timeout() -> float:
-    """``[cmf] sync_timeout``: seconds a push or pull waits for the server to answer one request."""
+    """``[cmf] sync_timeout``: seconds a push or pull waits for the server to respond to one request."""
     return airflow_conf().getfloat(SECTION, "sync_timeout", fallback=60.0)
 
 

@@ -271,28 +271,30 @@ class Merger:
 
     def _resolve_names(self, plan: _SubgraphPlan) -> None:
         """Rename new executions and artifacts whose (type, name) another object already uses."""
-        seen: set[tuple[int, str]] = set()
-        for execution in plan.new_executions():
-            if not execution.name:
-                continue
-            type_name = self._types.execution_type_by_id(execution.type_id).name
-            holder = self._store.get_execution_by_type_and_name(type_name, execution.name)
-            if (holder is not None and holder.external_id != execution.external_id) or (
-                (execution.type_id, execution.name) in seen
-            ):
-                _rename(execution, execution.external_id)
-            seen.add((execution.type_id, execution.name))
-        seen.clear()
-        for artifact in plan.new_artifacts():
-            if not artifact.name:
-                continue
-            type_name = self._types.artifact_type_by_id(artifact.type_id).name
-            holder = self._store.get_artifact_by_type_and_name(type_name, artifact.name)
-            if (holder is not None and holder.external_id != artifact.external_id) or (
-                (artifact.type_id, artifact.name) in seen
-            ):
-                _rename(artifact, artifact.external_id)
-            seen.add((artifact.type_id, artifact.name))
+        _rename_taken(
+            plan.new_executions(),
+            lambda node: self._types.execution_type_by_id(node.type_id).name,
+            self._store.get_execution_by_type_and_name,
+        )
+        _rename_taken(
+            plan.new_artifacts(),
+            lambda node: self._types.artifact_type_by_id(node.type_id).name,
+            self._store.get_artifact_by_type_and_name,
+        )
+
+
+def _rename_taken(nodes: Any, type_name_of: Any, find_by_type_and_name: Any) -> None:
+    # MLMD requires a unique (type, name): a node whose name another object, or another node of this
+    # merge, already uses takes its external id as its name.
+    seen: set[tuple[int, str]] = set()
+    for node in nodes:
+        if not node.name:
+            continue
+        holder = find_by_type_and_name(type_name_of(node), node.name)
+        taken = holder is not None and holder.external_id != node.external_id
+        if taken or (node.type_id, node.name) in seen:
+            _rename(node, node.external_id)
+        seen.add((node.type_id, node.name))
 
 
 def _is_unique_violation(error: Exception) -> bool:

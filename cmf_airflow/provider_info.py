@@ -82,12 +82,12 @@ CMF_OPTIONS: dict[str, dict[str, Any]] = {
         "cmf_default",
     ),
     "sync_batch_size": _option(
-        "The most executions one push request carries; a larger backlog goes in several requests.",
+        "The maximum number of executions in one push request; a larger backlog goes in several requests.",
         "integer",
         "500",
     ),
     "sync_timeout": _option(
-        "Seconds a push or pull waits for the central server to answer one request.",
+        "Seconds a push or pull waits for the central server to respond to one request.",
         "float",
         "60.0",
     ),

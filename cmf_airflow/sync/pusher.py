@@ -83,8 +83,8 @@ def push(
     """Push the executions of the store at ``store_path`` that ``client``'s server has not acknowledged.
 
     ``pipelines`` limits the push to those pipelines (DAG ids). With ``require_known_pipelines``, a pipeline
-    that the store never recorded raises a SyncError (a typo on the command line) instead of sending nothing;
-    a scheduled push leaves it off, because a site may not have run a DAG yet. ``progress`` is called after each
+    that the store never recorded raises a SyncError instead of sending nothing, which catches a typo on the
+    command line. A scheduled push leaves it off, because a site may not have run a DAG yet. ``progress`` is called after each
     acknowledged request with the number of executions it carried and the number this push sends in all.
     Raises a SyncError when the server cannot be reached or rejects a request, after recording what it
     acknowledged until then. Raises StoreError when the store does not exist.

@@ -1,4 +1,4 @@
-"""The FastAPI application of the central CMF server: CMF's push and pull, listings and lineage."""
+"""The FastAPI application of the central CMF server: CMF's push and pull, listings, lineage and the web UI."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from cmf_airflow.server.queries import (
 )
 from cmf_airflow.server.settings import ServerSettings
 from cmf_airflow.server.stores import PipelineLocks, StorePool, StoreUnavailable, redact
+from cmf_airflow.server.ui import install_ui
+from cmf_airflow.server.ui.database import SchemaMismatch
 from cmf_airflow.version import __version__
 from cmf_airflow.wire import WireDocument, WireError, parse_pull_request, parse_push_request
 
@@ -45,9 +47,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(pool.open_first)
-        logger.info("CMF server ready on store %s (%d connection(s), token %s)", redact(settings.store),
-                    pool.size, "required" if settings.token else "not required")
+        try:
+            await run_in_threadpool(ui_database.check_schema)
+        except SchemaMismatch as error:
+            # The sync API works through MLMD's own API, so only the web UI is unavailable.
+            logger.error("the web UI is unavailable: %s", error)
+        logger.info("CMF server ready on store %s (%d connection(s), token %s), web UI at /ui/",
+                    redact(settings.store), pool.size, "required" if settings.token else "not required")
         yield
+        ui_database.close()
 
     app = FastAPI(title="cmf-airflow server", version=__version__, lifespan=lifespan)
     app.state.settings = settings
@@ -57,6 +65,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     _add_error_handlers(app)
     _add_sync_routes(app, settings, pool, locks)
     _add_query_routes(app, settings, pool)
+    # Added after the token middleware, so that the UI's security headers wrap its redirects to the login page.
+    ui_database = install_ui(app, settings)
     return app
 
 

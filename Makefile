@@ -7,7 +7,7 @@ UV := $(PYTHON) -m uv
 # The Airflow 3 environment is uv's default .venv; the Airflow 2 one lives beside it.
 AIRFLOW2_ENV := .venv-airflow2
 
-.PHONY: uv setup setup-airflow2 demo test test-airflow3 test-airflow2 bench clean
+.PHONY: uv setup setup-airflow2 browser demo test test-airflow3 test-airflow2 bench clean
 
 uv:
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.9"
@@ -18,12 +18,17 @@ setup: uv
 setup-airflow2: uv
 	UV_PROJECT_ENVIRONMENT=$(AIRFLOW2_ENV) $(UV) sync --locked --extra airflow2 --extra examples
 
+# The UI tests drive Debian's Chromium through Playwright, so that Playwright never downloads a browser.
+# Installing it needs root (apt-get). Nothing happens when /usr/bin/chromium is already there.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then apt-get update && apt-get install -y chromium; fi
+
 demo: setup
 	$(UV) run --no-sync cmf-airflow demo
 
 test: test-airflow3 test-airflow2
 
-test-airflow3: setup
+test-airflow3: setup browser
 	@echo "== test suite under Airflow 3 =="
 	$(UV) run --no-sync pytest
 

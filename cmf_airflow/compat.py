@@ -22,7 +22,7 @@ AIRFLOW_V_3_0_PLUS: bool = Version(Version(AIRFLOW_VERSION).base_version) >= Ver
 # The names a DAG file needs, from where each Airflow version keeps them, so that one DAG file (the examples,
 # the tests) runs on both: ``from cmf_airflow.compat import DAG, Asset, task``.
 if AIRFLOW_V_3_0_PLUS:
-    from airflow.sdk import DAG, BaseHook, BaseOperator, task
+    from airflow.sdk import DAG, BaseHook, BaseOperator, BaseOperatorLink, task
     from airflow.sdk import Asset as AssetClass
     from airflow.sdk.exceptions import AirflowSkipException
 else:  # Airflow 2.10 / 2.11 call assets "datasets".
@@ -31,6 +31,7 @@ else:  # Airflow 2.10 / 2.11 call assets "datasets".
     from airflow.exceptions import AirflowSkipException  # type: ignore[no-redef]
     from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
     from airflow.models.baseoperator import BaseOperator  # type: ignore[no-redef]
+    from airflow.models.baseoperatorlink import BaseOperatorLink  # type: ignore[no-redef]
     from airflow.models.dag import DAG  # type: ignore[no-redef]
 
 Asset = AssetClass
@@ -41,6 +42,7 @@ __all__ = [
     "AirflowSkipException",
     "BaseHook",
     "BaseOperator",
+    "BaseOperatorLink",
     "DAG",
     "Asset",
     "AssetClass",
@@ -50,6 +52,7 @@ __all__ = [
     "airflow_home",
     "current_context",
     "error_text",
+    "get_connection",
     "task_facts",
 ]
 
@@ -120,6 +123,27 @@ def airflow_home() -> str:
     from airflow.configuration import AIRFLOW_HOME
 
     return os.path.expanduser(AIRFLOW_HOME)
+
+
+def get_connection(conn_id: str) -> Any:
+    """Return the Airflow connection ``conn_id``, with ``login``, ``password``, ``host``, ``port`` and ``schema``.
+
+    Airflow 3 workers have no database access and read connections through the Task SDK, which works inside
+    task execution and for connections in environment variables or secrets backends. Outside a task (the
+    ``cmf-airflow replay`` command on a host with the metadata database) the SDK has no supervisor to ask,
+    so the metadata database is read then. Airflow 2 reads the database or secrets in every process.
+    """
+    if not AIRFLOW_V_3_0_PLUS:
+        return BaseHook.get_connection(conn_id)
+    try:
+        return BaseHook.get_connection(conn_id)
+    except Exception as sdk_error:  # the SDK raises its own not-found error, or a runtime error without supervisor
+        try:
+            from airflow.models.connection import Connection
+
+            return Connection.get_connection_from_secrets(conn_id)
+        except Exception:
+            raise sdk_error from None
 
 
 def is_task_process_instance(task_instance: Any) -> bool:

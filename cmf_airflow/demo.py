@@ -3,7 +3,8 @@
 The demo starts the CMF server on a free loopback port, with MLMD on SQLite under the demo folder. It runs
 the ``ml_pipeline`` DAG and prints its lineage from the local store. Then it runs the ``cmf_sync`` DAG with
 the connection ``cmf_default`` pointing at that server, and prints the lineage that the server returns over
-HTTP. The server is stopped at the end, also when a step fails.
+HTTP. The server is stopped at the end, also when a step fails. The last line printed is the address of the
+model's lineage page, with the command before it that serves the demo's store on that address again.
 """
 
 from __future__ import annotations
@@ -95,13 +96,31 @@ def run_demo(home_argument: str) -> int:
             env["AIRFLOW_CONN_CMF_DEFAULT"] = json.dumps(
                 {"conn_type": "cmf", "host": "127.0.0.1", "port": int(server_url.rsplit(":", 1)[1]), "schema": "http"}
             )
-            return _run_steps(env, log_path, server_url)
+            status, model_id = _run_steps(env, log_path, server_url)
     except RuntimeError as error:
         print(f"cmf-airflow demo: {error}", file=sys.stderr)
         return 1
+    if status == 0 and model_id is not None:
+        _print_lineage_page(home, server_url, model_id)
+    return status
 
 
-def _run_steps(env: dict[str, str], log_path: Path, server_url: str) -> int:
+def model_page_url(server_url: str, artifact_id: int) -> str:
+    """Return the address of an artifact's lineage page in the server's web UI."""
+    return f"{server_url.rstrip('/')}/ui/artifacts/{artifact_id}"
+
+
+def _print_lineage_page(home: Path, server_url: str, model_id: int) -> None:
+    # The embedded server has stopped by now, so the user gets the command that serves the same store on the
+    # same port, where the artifact keeps its id.
+    port = server_url.rsplit(":", 1)[1]
+    store = home / "server" / "mlmd.sqlite"
+    print(f"\nServe the demo's CMF server again with: cmf-airflow server --store {store} --port {port}")
+    print(f"Lineage page of the model: {model_page_url(server_url, model_id)}")
+
+
+def _run_steps(env: dict[str, str], log_path: Path, server_url: str) -> tuple[int, int | None]:
+    """Run the pipeline and the sync DAG, print both lineages, return the status and the model's id on the server."""
     airflow = [sys.executable, "-m", "airflow"]
     pipeline_steps = [
         ("creating the Airflow database", [*airflow, "db", "migrate"]),
@@ -111,13 +130,13 @@ def _run_steps(env: dict[str, str], log_path: Path, server_url: str) -> int:
                    [*airflow, "dags", "test", SYNC_DAG_ID])]
     with open(log_path, "w", encoding="utf-8") as log:
         if not _run_commands(pipeline_steps, env, log, log_path):
-            return 1
+            return 1, None
         status = _print_demo_lineage(Path(env["AIRFLOW__CMF__STORE"]))
         if status != 0:
-            return status
+            return status, None
         print()
         if not _run_commands(sync_steps, env, log, log_path):
-            return 1
+            return 1, None
     return _print_server_lineage(server_url)
 
 
@@ -198,8 +217,11 @@ def _print_demo_lineage(store_path: Path) -> int:
     return 0
 
 
-def _print_server_lineage(url: str) -> int:
-    """Print the pipeline as the server returns it over HTTP, and the upstream lineage of the model."""
+def _print_server_lineage(url: str) -> tuple[int, int | None]:
+    """Print the pipeline as the server returns it over HTTP and the model's upstream lineage.
+
+    Returns the exit status and the server's id of the model artifact (None when the server has no model).
+    """
     import httpx
 
     with httpx.Client(base_url=url, timeout=30.0) as client:
@@ -226,5 +248,5 @@ def _print_server_lineage(url: str) -> int:
     if complete != EXPECTED_EXECUTIONS or len(items) != EXPECTED_EXECUTIONS or not models:
         print(f"cmf-airflow demo: expected the server to have {EXPECTED_EXECUTIONS} complete executions and the "
               "model", file=sys.stderr)
-        return 1
-    return 0
+        return 1, None
+    return 0, int(models[0]["id"])

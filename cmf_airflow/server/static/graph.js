@@ -11,6 +11,7 @@
   const LAYER_GAP = 90;
   const ROW_GAP = 22;
   const ORDERING_SWEEPS = 6;
+  const MIN_FIT_SCALE = 0.7;
 
   function element(name, attributes, parent) {
     const node = document.createElementNS(SVG_NS, name);
@@ -180,9 +181,21 @@
       if (!box.width || !box.height) {
         view.x = 20; view.y = 20; view.scale = 1;
       } else {
-        view.scale = Math.min(1.5, Math.max(0.1, Math.min((width - 40) / box.width, (height - 40) / box.height)));
-        view.x = (width - box.width * view.scale) / 2 - box.x * view.scale;
-        view.y = (height - box.height * view.scale) / 2 - box.y * view.scale;
+        const whole = Math.min((width - 40) / box.width, (height - 40) / box.height);
+        // Below this scale the labels cannot be read: a graph too large for the frame is shown at this
+        // scale, centred on the focus node, and the rest is reached by panning.
+        view.scale = Math.min(1.5, Math.max(MIN_FIT_SCALE, whole));
+        let centreX = box.x + box.width / 2;
+        let centreY = box.y + box.height / 2;
+        const focus = viewport.querySelector(".node.focus");
+        if (whole < MIN_FIT_SCALE && focus) {
+          const focusBox = focus.getBBox();
+          const at = focus.transform.baseVal.consolidate().matrix;
+          centreX = at.e + focusBox.width / 2;
+          centreY = at.f + focusBox.height / 2;
+        }
+        view.x = width / 2 - centreX * view.scale;
+        view.y = height / 2 - centreY * view.scale;
       }
       apply();
     };

@@ -4,7 +4,8 @@
 logs joins the one execution that the listener records for that try (same ``Execution_uuid``), and each call
 writes at once under the store's write lock, so a later crash of the task loses nothing logged before it.
 The one exception is ``log_step_metrics``, which buffers steps in memory until ``commit_step_metrics``
-(the CMF operators and the listener's end hook commit what is left when the task ends).
+(the CMF operators and the listener's end hook commit what is left when the task ends). When the store is
+unavailable, a call appends what it logs to the spool (cmf_airflow.spool) instead, which is written later.
 
 Input rules, checked before anything is written:
 - a path must exist. A URI with a scheme other than ``file`` (``s3://...``) is recorded by its URI, unhashed.
@@ -34,13 +35,24 @@ from typing import TYPE_CHECKING, Any
 from cmf_airflow import compat, conf
 from cmf_airflow.artifacts import File, resolve, version_record
 from cmf_airflow.environment import write_atomically
-from cmf_airflow.hooks.store import LocalStore, local_store
-from cmf_airflow.model import ArtifactRecord, EventKind, HashState, PropertyValue, TaskRun
+from cmf_airflow.hooks.store import hash_cache, local_store, opened_site
+from cmf_airflow.model import (
+    EXECUTION_ID_PLACEHOLDER,
+    ArtifactRecord,
+    EventKind,
+    HashState,
+    PropertyValue,
+    RecordKind,
+    TaskRecord,
+    TaskRun,
+)
 from cmf_airflow.provenance import git_info
-from cmf_airflow.store import write_lock
+from cmf_airflow.spool import deliver
+from cmf_airflow.store import StoreUnavailable
+from cmf_airflow.store_url import redact
 
 if TYPE_CHECKING:
-    from ml_metadata.proto import metadata_store_pb2 as mlmd
+    from cmf_airflow.spool import Delivery
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +88,13 @@ class NotInTaskError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class LoggedArtifact:
-    """An artifact that the task logged: its MLMD id, type, CMF name, uri and the event that links it."""
+    """An artifact that the task logged: its MLMD id, type, CMF name, uri and the event that links it.
 
-    id: int
+    ``id`` is None when the store was unavailable and the artifact waits in the spool. Its name then
+    contains ``{execution_id}`` where the execution's id goes, which is filled in when it is written.
+    """
+
+    id: int | None
     type_name: str
     name: str
     uri: str
@@ -172,7 +188,7 @@ class CmfExecution:
         self._settings = settings or conf.settings()
         self._start_time = self._facts.start_date or datetime.now(timezone.utc)
         self._lock = threading.RLock()
-        self._store: LocalStore | None = None
+        self._site = opened_site(self._settings)
         self._execution_id: int | None = None
         self._steps = _StepMetricsBuffer()
         self._wrote = False
@@ -190,16 +206,33 @@ class CmfExecution:
     @property
     def execution_uuid(self) -> str:
         """The ``Execution_uuid`` of this try, the same that the listener records."""
-        return self._run().execution_uuid
+        run = self._run()
+        if not run.site:
+            run = dataclasses.replace(run, site=local_store(self._settings).site)
+        return run.execution_uuid
 
     @property
     def execution_id(self) -> int:
-        """The MLMD id of this try's execution, which is created now if no hook has recorded it yet."""
+        """The MLMD id of this try's execution, which is created now if no hook has recorded it yet.
+
+        Raises StoreUnavailable when the store cannot be reached, so that the id is not known yet.
+        """
         with self._lock:
             if self._execution_id is None:
                 self._write([])
-            assert self._execution_id is not None
+            if self._execution_id is None:
+                raise StoreUnavailable(
+                    f"the execution id of {self.stage_name} is not known: the CMF store "
+                    f"{redact(self._settings.store)} is unavailable and what the task logs is spooled"
+                )
             return self._execution_id
+
+    def _execution_id_for_name(self) -> str:
+        # Artifact names contain the execution id. While the store is unavailable the recorder fills it in
+        # when it writes the spooled record.
+        if self._execution_id is None:
+            self._write([])
+        return EXECUTION_ID_PLACEHOLDER if self._execution_id is None else str(self._execution_id)
 
     def log_dataset(
         self,
@@ -256,7 +289,7 @@ class CmfExecution:
             ("model_name", name or os.path.basename(record.path or record.uri)),
         )
         with self._lock:
-            explicit_name = f"{record.path}:{record.md5}:{self.execution_id}"
+            explicit_name = f"{record.path}:{record.md5}:{self._execution_id_for_name()}"
             record = dataclasses.replace(
                 record,
                 type_name="Model",
@@ -278,7 +311,7 @@ class CmfExecution:
                 md5=None,
                 hash_state=HashState.NOT_A_FILE,
                 type_name="Metrics",
-                explicit_name=f"{name}:{metrics_uuid}:{self.execution_id}",
+                explicit_name=f"{name}:{metrics_uuid}:{self._execution_id_for_name()}",
                 properties=(("metrics_name", name),),
                 custom_properties=tuple(checked.items()),
             )
@@ -313,7 +346,7 @@ class CmfExecution:
                     f"no step metrics named {name!r} to commit: log steps with log_step_metrics({name!r}, ...) "
                     f"first (pending: {', '.join(map(repr, self._steps.names())) or 'none'})"
                 )
-            record = self._steps.record(name, self._local().folder, self.execution_id)
+            record = self._steps.record(name, self._data_folder(), self._execution_id_for_name())
             logged = self._log(EventKind.OUTPUT, record)
             self._steps.clear(name)
             return logged
@@ -336,35 +369,42 @@ class CmfExecution:
 
     def _log(self, kind: EventKind, record: ArtifactRecord) -> LoggedArtifact:
         with self._lock:
-            execution = self._write([(kind, record)])
-            artifact = self._local().recorder.artifact(record.external_id)
+            delivery = self._write([(kind, record)])
+            if delivery.store is None:
+                return LoggedArtifact(
+                    id=None, type_name=record.type_name, name=record.name, uri=record.artifact_uri, event=kind
+                )
+            artifact = delivery.store.recorder.artifact(record.external_id)
         return LoggedArtifact(
             id=artifact.id, type_name=record.type_name, name=artifact.name, uri=artifact.uri, event=kind
         )
 
     def _write(
         self, events: list[tuple[EventKind, ArtifactRecord]], properties: dict[str, PropertyValue] | None = None
-    ) -> mlmd.Execution:
-        opened = self._local()
-        run = self._run()
+    ) -> Delivery:
         git = git_info(self._facts.dag_file)
-        with write_lock(opened.path, opened.lock_timeout):
-            execution = opened.recorder.record_logged(run, events, git, properties)
-        self._execution_id = execution.id
+        record = TaskRecord(
+            RecordKind.LOGGED, self._run(), git, tuple(events),
+            execution_properties=tuple((properties or {}).items()),
+        )
+        delivery = deliver(record, self._settings)
+        if delivery.execution is not None and delivery.store is not None:
+            self._execution_id = delivery.execution.id
+            self._site = delivery.store.site
         self._wrote = True
-        return execution
+        return delivery
 
-    def _local(self) -> LocalStore:
-        if self._store is None:
-            self._store = local_store(self._settings)
-        return self._store
+    def _data_folder(self) -> str:
+        return self._settings.data_folder or conf.data_folder()
 
     def _run(self) -> TaskRun:
-        return task_run(self._facts, self._local().site, self._start_time)
+        if not self._site:
+            self._site = opened_site(self._settings)
+        return task_run(self._facts, self._site, self._start_time)
 
     def _hashed(self, path: str | os.PathLike[str], artifact_kind: str) -> ArtifactRecord:
         entity = _as_entity(path, artifact_kind)
-        record = resolve(entity, self._local().hash_cache)
+        record = resolve(entity, hash_cache(self._settings))
         if record.hash_state is HashState.MISSING:
             raise CmfInputError(
                 f"cannot log {artifact_kind} {record.path}: file does not exist. Write it before logging it, or check "
@@ -523,7 +563,7 @@ class _StepMetricsBuffer:
     def clear(self, name: str) -> None:
         self._rows.pop(name, None)
 
-    def record(self, name: str, folder: str, execution_id: int) -> ArtifactRecord:
+    def record(self, name: str, folder: str, execution_id: int | str) -> ArtifactRecord:
         """Write the rows of ``name`` to ``folder/step_metrics/<md5>.json`` and return its artifact record.
 
         The file is one JSON document, ``{"metrics_name": name, "steps": [rows]}``. The name is part of the

@@ -1,4 +1,4 @@
-"""The ``cmf-airflow`` command line: ``demo``, ``lineage``, ``server``, ``push``, ``pull`` and ``export``."""
+"""The ``cmf-airflow`` command line: ``demo``, ``lineage``, ``replay``, ``server``, ``push``, ``pull`` and ``export``."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 
     lineage = commands.add_parser("lineage", help="print the lineage kept in a local CMF store")
     lineage.add_argument(
-        "--store", help="MLMD SQLite file to read (default: [cmf] store, $AIRFLOW_HOME/cmf/mlmd.sqlite unless set)"
+        "--store",
+        help="MLMD SQLite file or database URL to read (default: [cmf] store, $AIRFLOW_HOME/cmf/mlmd.sqlite unless set)",
     )
     lineage.add_argument("--pipeline", help="print only this pipeline (DAG id)")
     lineage.add_argument(
@@ -56,6 +57,17 @@ def _parser() -> argparse.ArgumentParser:
         help="also trace back to their sources the artifacts whose md5 equals, or whose name contains, ARTIFACT",
     )
     lineage.set_defaults(run=_run_lineage)
+
+    replay = commands.add_parser(
+        "replay", help="write the records that waited in the spool while the local store was unavailable"
+    )
+    replay.add_argument(
+        "--store", help="local store to write: SQLite path or database URL (default: [cmf] store)"
+    )
+    replay.add_argument(
+        "--spool-folder", help="spool folder to read (default: [cmf] spool_folder, <base_log_folder>/cmf_spool)"
+    )
+    replay.set_defaults(run=_run_replay)
 
     _register_server(commands)
     from cmf_airflow.sync.cli import register as register_sync
@@ -87,6 +99,32 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(args.home)
 
 
+def _run_replay(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from cmf_airflow import conf
+    from cmf_airflow.spool import replay
+    from cmf_airflow.store import StoreError
+    from cmf_airflow.store_url import redact
+
+    settings = conf.settings()
+    overrides = {"store": args.store, "spool_folder": args.spool_folder}
+    settings = dataclasses.replace(settings, **{key: value for key, value in overrides.items() if value})
+    try:
+        result = replay(settings)
+    except StoreError as error:
+        print(f"cmf-airflow replay: {error}; the spooled records stay in {settings.spool_folder}", file=sys.stderr)
+        return 1
+    print(
+        f"replayed {result.written} record(s) from {settings.spool_folder} into {redact(settings.store)}: "
+        f"{result.corrupt} corrupt and {result.rejected} rejected line(s) kept aside, {result.remaining} still waiting"
+    )
+    if result.error is not None:
+        print(f"cmf-airflow replay: the store failed again: {result.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _run_lineage(args: argparse.Namespace) -> int:
     from cmf_airflow.store import StoreError, open_store
 
@@ -100,7 +138,9 @@ def _run_lineage(args: argparse.Namespace) -> int:
     except StoreError as error:
         print(f"cmf-airflow lineage: {error}", file=sys.stderr)
         return 1
-    return print_lineage(store, path, args.pipeline, args.upstream, sys.stdout)
+    from cmf_airflow.store_url import redact
+
+    return print_lineage(store, redact(path), args.pipeline, args.upstream, sys.stdout)
 
 
 def print_lineage(store, path: str, pipeline: str | None, upstream_of: str | None, out: TextIO) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from cmf_airflow.compat import airflow_conf, airflow_home
 from cmf_airflow.provider_info import CMF_OPTIONS
+from cmf_airflow.store_url import is_url
 
 SECTION = "cmf"
 # The variables that can set a [cmf] option: the option itself, or a command or secret that yields it.
@@ -32,6 +33,11 @@ class Settings:
     lock_timeout: float
     version_artifacts: bool
     capture_environment: bool
+    store_conn_id: str | None = None
+    write_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    spool_folder: str = ""
+    data_folder: str = ""
 
 
 _settings_cache: tuple[tuple[str | None, ...], Settings] | None = None
@@ -58,6 +64,11 @@ def settings() -> Settings:
         lock_timeout=lock_timeout(),
         version_artifacts=version_artifacts(),
         capture_environment=capture_environment(),
+        store_conn_id=store_conn_id(),
+        write_timeout=write_timeout(),
+        connect_timeout=connect_timeout(),
+        spool_folder=spool_folder(),
+        data_folder=data_folder(),
     )
     _settings_cache = (key, value)
     return value
@@ -69,9 +80,49 @@ def enabled() -> bool:
 
 
 def store() -> str:
-    """``[cmf] store``: path of the local MLMD SQLite store, by default ``$AIRFLOW_HOME/cmf/mlmd.sqlite``."""
+    """``[cmf] store``: path of the local MLMD SQLite store, by default ``$AIRFLOW_HOME/cmf/mlmd.sqlite``, or
+    the ``postgresql://`` or ``mysql://`` URL of a database that the workers of a site share."""
     value = airflow_conf().get(SECTION, "store", fallback="").strip()
+    if is_url(value):
+        return value
     return os.path.expanduser(value) if value else os.path.join(airflow_home(), "cmf", "mlmd.sqlite")
+
+
+def store_conn_id() -> str | None:
+    """``[cmf] store_conn_id``: the Airflow connection whose password (and login, host, port, schema when the
+    store URL leaves them out) a database store uses, or None."""
+    return airflow_conf().get(SECTION, "store_conn_id", fallback="").strip() or None
+
+
+def data_folder() -> str:
+    """Return the folder of the files that belong to the local store (hash cache, step metrics, environments).
+
+    The folder of an SQLite store, or ``$AIRFLOW_HOME/cmf`` on each worker for a database store.
+    """
+    location = store()
+    if is_url(location):
+        return os.path.join(airflow_home(), "cmf")
+    return os.path.dirname(os.path.abspath(location))
+
+
+def write_timeout() -> float:
+    """``[cmf] write_timeout``: seconds one write to the local store retries conflicts with other writers."""
+    return airflow_conf().getfloat(SECTION, "write_timeout", fallback=5.0)
+
+
+def connect_timeout() -> float:
+    """``[cmf] connect_timeout``: seconds to wait for the database of a database store to accept a connection."""
+    return airflow_conf().getfloat(SECTION, "connect_timeout", fallback=5.0)
+
+
+def spool_folder() -> str:
+    """``[cmf] spool_folder``: where records wait that the local store could not take, by default
+    ``<[logging] base_log_folder>/cmf_spool``."""
+    value = airflow_conf().get(SECTION, "spool_folder", fallback="").strip()
+    if value:
+        return os.path.expanduser(value)
+    logs = airflow_conf().get("logging", "base_log_folder", fallback="").strip()
+    return os.path.join(os.path.expanduser(logs) if logs else os.path.join(airflow_home(), "logs"), "cmf_spool")
 
 
 def site() -> str | None:
@@ -94,7 +145,7 @@ def hash_cache() -> str:
     value = airflow_conf().get(SECTION, "hash_cache", fallback="").strip()
     if value:
         return os.path.expanduser(value)
-    return os.path.join(os.path.dirname(store()), "hash_cache.sqlite")
+    return os.path.join(data_folder(), "hash_cache.sqlite")
 
 
 def lock_timeout() -> float:

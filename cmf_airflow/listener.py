@@ -1,8 +1,9 @@
 """The task-lifecycle listener: turns Airflow's task hooks into CMF executions.
 
 It runs inside the task's own process, so it must not fail or stall the task. Every error becomes one
-warning in the task log, and every wait (store lock, git) has a time limit. The task's outcome is what it
-would be without the plugin.
+warning in the task log, and every wait (store lock, database connection, git) has a time limit. When the
+store is unavailable the record goes to the spool (cmf_airflow.spool) and is written later. The task's
+outcome is what it would be without the plugin.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from airflow.listeners import hookimpl
 from cmf_airflow import api, compat, conf
 from cmf_airflow.artifacts import resolve, version_record
 from cmf_airflow.environment import capture
-from cmf_airflow.hooks.store import LocalStore, local_store
-from cmf_airflow.model import ArtifactRecord, HashState, TaskOutcome
+from cmf_airflow.hash_cache import HashCache
+from cmf_airflow.hooks.store import hash_cache, opened_site
+from cmf_airflow.model import ArtifactRecord, EventKind, HashState, RecordKind, TaskOutcome, TaskRecord
 from cmf_airflow.provenance import git_info
-from cmf_airflow.store import write_lock
+from cmf_airflow.spool import deliver
 
 logger = logging.getLogger(__name__)
 
@@ -80,16 +82,16 @@ class CmfListener:
         facts = compat.task_facts(task_instance, with_params=True)
         if NO_LINEAGE_TAG in facts.tags:
             return
-        opened = local_store(settings)
-        inputs = self._inputs(facts, opened, settings)
+        inputs = self._inputs(facts, hash_cache(settings), settings)
         # Airflow 2's dag.test() leaves start_date unset, so the hook's own clock replaces it.
-        run = api.task_run(facts, opened.site, facts.start_date or datetime.now(timezone.utc))
+        run = api.task_run(facts, opened_site(settings), facts.start_date or datetime.now(timezone.utc))
         git = git_info(facts.dag_file)
 
-        with write_lock(settings.store, settings.lock_timeout):
-            execution = opened.recorder.record_start(run, inputs, git)
+        events = tuple((EventKind.INPUT, record) for record in inputs)
+        delivery = deliver(TaskRecord(RecordKind.START, run, git, events), settings)
         self._started[api.task_try_key(task_instance)] = _Started(inputs=inputs, start_time=run.start_time)
-        logger.debug("CMF execution %s started for %s", execution.id, run.stage_name)
+        if delivery.execution is not None:
+            logger.debug("CMF execution %s started for %s", delivery.execution.id, run.stage_name)
 
     def _record_end(
         self, task_instance: Any, settings: conf.Settings, state: str | None, error: Any = None
@@ -103,42 +105,44 @@ class CmfListener:
         facts = compat.task_facts(task_instance, with_params=started is None)
         if not logged and NO_LINEAGE_TAG in facts.tags:
             return
-        opened = local_store(settings)
-        outputs = [self._versioned(record, settings) for record in self._resolve_all(facts.outlets, "outlet", opened)]
+        cache = hash_cache(settings)
+        outputs = [self._versioned(record, settings) for record in self._resolve_all(facts.outlets, "outlet", cache)]
         # When the start hook could not record, the inputs and params go along now.
-        inputs = self._inputs(facts, opened, settings) if started is None else []
-        run = api.task_run(facts, opened.site, started.start_time if started is not None else facts.start_date)
+        inputs = self._inputs(facts, cache, settings) if started is None else []
+        run = api.task_run(facts, opened_site(settings), started.start_time if started is not None else facts.start_date)
         git = git_info(facts.dag_file)
         outcome = TaskOutcome(
             state=state or _failure_state(facts), end_time=datetime.now(timezone.utc), error=compat.error_text(error)
         )
 
-        with write_lock(settings.store, settings.lock_timeout):
-            execution = opened.recorder.record_end(run, outcome, outputs, git, inputs)
-        input_count, output_count = opened.recorder.event_counts(execution)
+        events = tuple((EventKind.INPUT, r) for r in inputs) + tuple((EventKind.OUTPUT, r) for r in outputs)
+        delivery = deliver(TaskRecord(RecordKind.END, run, git, events, outcome), settings)
+        if delivery.execution is None or delivery.store is None:
+            return  # spooled, and deliver logged where to
+        input_count, output_count = delivery.store.recorder.event_counts(delivery.execution)
         logger.info(
             "CMF recorded execution %s: %s try %s %s, %d input(s), %d output(s), store %s",
-            execution.id,
+            delivery.execution.id,
             run.stage_name,
             run.try_number,
             outcome.state,
             input_count,
             output_count,
-            settings.store,
+            delivery.store.display_name,
         )
 
-    def _inputs(self, facts: compat.TaskFacts, opened: LocalStore, settings: conf.Settings) -> list[ArtifactRecord]:
-        inputs = self._resolve_all(facts.inlets, "inlet", opened)
+    def _inputs(self, facts: compat.TaskFacts, cache: HashCache, settings: conf.Settings) -> list[ArtifactRecord]:
+        inputs = self._resolve_all(facts.inlets, "inlet", cache)
         if settings.capture_environment:
             try:
-                inputs.append(capture(opened.folder).record())
+                inputs.append(capture(settings.data_folder or conf.data_folder()).record())
             except OSError as error:
                 logger.warning("cannot record the Python environment of %s: %s (recorded without it)",
                                facts.task_id, error)
         return inputs
 
-    def _resolve_all(self, entities: tuple[Any, ...], role: str, opened: LocalStore) -> list[ArtifactRecord]:
-        records = [resolve(entity, opened.hash_cache) for entity in entities]
+    def _resolve_all(self, entities: tuple[Any, ...], role: str, cache: HashCache) -> list[ArtifactRecord]:
+        records = [resolve(entity, cache) for entity in entities]
         for record in records:
             if record.hash_state is HashState.MISSING:
                 logger.warning("cannot hash %s %s: file does not exist (recorded as missing)", role, record.path)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,6 +14,10 @@ from typing import Any, Union
 # A value MLMD can keep in a property: string, integer, double or boolean.
 PropertyValue = Union[str, int, float, bool]
 _MAX_EXTERNAL_ID_LENGTH = 255
+
+# Stands for the execution's MLMD id in the name of an artifact that the task logged while the store was
+# unavailable (``<path>:<md5>:<execution id>``). The recorder puts the id in when it writes the record.
+EXECUTION_ID_PLACEHOLDER = "{execution_id}"
 
 # A fixed namespace, so that every installation derives the same execution uuid from the same facts.
 EXECUTION_UUID_NAMESPACE = uuid.UUID("6c0f5e52-4b8e-5d7a-9a3e-0c3f8e1d2b71")
@@ -42,6 +48,15 @@ class GitInfo:
     commit: str
     dirty: bool
     root: str
+
+    def to_json(self) -> dict[str, Any]:
+        """Return this value as a JSON object."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GitInfo:
+        """Rebuild the value that ``to_json`` returned."""
+        return cls(remote_url=data["remote_url"], commit=data["commit"], dirty=bool(data["dirty"]), root=data["root"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +89,35 @@ class TaskRun:
         )
         return str(uuid.uuid5(EXECUTION_UUID_NAMESPACE, key))
 
+    def to_json(self) -> dict[str, Any]:
+        """Return this value as a JSON object.
+
+        Params that JSON cannot carry become their ``str()``, which is what the recorder stores for them
+        anyway (it keeps params as JSON text made with ``default=str``).
+        """
+        data = {name.name: getattr(self, name.name) for name in dataclasses.fields(self)}
+        data["start_time"] = _time_to_json(self.start_time)
+        data["params"] = json.loads(json.dumps(self.params, default=str))
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskRun:
+        """Rebuild the value that ``to_json`` returned."""
+        return cls(
+            site=data["site"],
+            dag_id=data["dag_id"],
+            task_id=data["task_id"],
+            run_id=data["run_id"],
+            map_index=int(data["map_index"]),
+            try_number=int(data["try_number"]),
+            operator=data["operator"],
+            hostname=data["hostname"],
+            airflow_version=data["airflow_version"],
+            start_time=_time_from_json(data.get("start_time")),
+            dag_file=data.get("dag_file"),
+            params=dict(data.get("params") or {}),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class TaskOutcome:
@@ -82,6 +126,17 @@ class TaskOutcome:
     state: str
     end_time: datetime
     error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return this value as a JSON object."""
+        return {"state": self.state, "end_time": _time_to_json(self.end_time), "error": self.error}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskOutcome:
+        """Rebuild the value that ``to_json`` returned."""
+        end_time = _time_from_json(data["end_time"])
+        assert end_time is not None, "a spooled outcome always has an end time"
+        return cls(state=data["state"], end_time=end_time, error=data.get("error"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +176,88 @@ class ArtifactRecord:
         """The MLMD external id that identifies this artifact's content in every store."""
         return artifact_external_id(self.type_name, self.artifact_uri)
 
+    def to_json(self) -> dict[str, Any]:
+        """Return this value as a JSON object; property values keep their JSON type (str, int, float, bool)."""
+        data = {name.name: getattr(self, name.name) for name in dataclasses.fields(self)}
+        data["hash_state"] = self.hash_state.value
+        data["properties"] = [list(pair) for pair in self.properties]
+        data["custom_properties"] = [list(pair) for pair in self.custom_properties]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ArtifactRecord:
+        """Rebuild the value that ``to_json`` returned."""
+        return cls(
+            uri=data["uri"],
+            path=data.get("path"),
+            md5=data.get("md5"),
+            hash_state=HashState(data["hash_state"]),
+            size=data.get("size"),
+            file_count=data.get("file_count"),
+            reason=data.get("reason"),
+            type_name=data.get("type_name", "Dataset"),
+            explicit_name=data.get("explicit_name"),
+            properties=tuple((str(key), value) for key, value in data.get("properties", ())),
+            custom_properties=tuple((str(key), value) for key, value in data.get("custom_properties", ())),
+        )
+
+
+class RecordKind(str, Enum):
+    """The kind of write in a ``TaskRecord``: a try's start, its end, or what the running task logged."""
+
+    START = "start"
+    END = "end"
+    LOGGED = "logged"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """Everything one listener hook or one task-level API call writes for a task try.
+
+    The listener and the API hand it to the recorder, or append it to the spool when the store is
+    unavailable. An empty ``run.site`` stands for the site id kept in the store, which is read when the
+    record is written. For START, ``events`` are the inputs. For END they are the inputs that the start
+    did not record and the outputs. For LOGGED they are what the task logged.
+    """
+
+    kind: RecordKind
+    run: TaskRun
+    git: GitInfo | None
+    events: tuple[tuple[EventKind, ArtifactRecord], ...] = ()
+    outcome: TaskOutcome | None = None
+    execution_properties: tuple[tuple[str, PropertyValue], ...] = ()
+
+    def artifacts(self, kind: EventKind) -> list[ArtifactRecord]:
+        """Return the artifacts of the events of one direction, in order."""
+        return [record for event_kind, record in self.events if event_kind is kind]
+
+    def to_json(self) -> dict[str, Any]:
+        """Return this record as a JSON object, the form in which the spool keeps it."""
+        return {
+            "kind": self.kind.value,
+            "run": self.run.to_json(),
+            "git": self.git.to_json() if self.git is not None else None,
+            "events": [[kind.value, record.to_json()] for kind, record in self.events],
+            "outcome": self.outcome.to_json() if self.outcome is not None else None,
+            "execution_properties": [list(pair) for pair in self.execution_properties],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskRecord:
+        """Rebuild the record that ``to_json`` returned; raises KeyError or ValueError on a malformed one."""
+        kind = RecordKind(data["kind"])
+        outcome = TaskOutcome.from_json(data["outcome"]) if data.get("outcome") is not None else None
+        if kind is RecordKind.END and outcome is None:
+            raise ValueError("an end record has no outcome")
+        return cls(
+            kind=kind,
+            run=TaskRun.from_json(data["run"]),
+            git=GitInfo.from_json(data["git"]) if data.get("git") is not None else None,
+            events=tuple((EventKind(kind_value), ArtifactRecord.from_json(record)) for kind_value, record in data["events"]),
+            outcome=outcome,
+            execution_properties=tuple((str(key), value) for key, value in data.get("execution_properties", ())),
+        )
+
 
 def artifact_external_id(type_name: str, uri: str) -> str:
     """Return the MLMD external id of an artifact: its type and uri, so that one content of one type is one artifact.
@@ -140,3 +277,11 @@ def execution_external_id(execution_uuid: str) -> str:
     """Return the MLMD external id of an execution: its ``Execution_uuid``, unique across sites."""
     return execution_uuid
 
+
+
+def _time_to_json(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _time_from_json(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None

@@ -25,11 +25,40 @@ CMF_OPTIONS: dict[str, dict[str, Any]] = {
         "True",
     ),
     "store": _option(
-        "The local ML Metadata store: the path of an SQLite file. Empty means "
+        "The local ML Metadata store: the path of an SQLite file, or for a site with many workers the URL "
+        "postgresql://user:password@host:port/database or mysql://user:password@host:port/database (MariaDB "
+        "works as MySQL) of an existing database that all workers share. Empty means "
         "$AIRFLOW_HOME/cmf/mlmd.sqlite.",
         "string",
         "",
         "/var/lib/airflow/cmf/mlmd.sqlite",
+    ),
+    "store_conn_id": _option(
+        "An Airflow connection that completes a database store URL: its password, and its login, host, port "
+        "and schema (the database) where the URL leaves them out. Empty means none.",
+        "string",
+        "",
+        "cmf_store",
+    ),
+    "write_timeout": _option(
+        "Seconds one write to the local store retries when it conflicts with other writers (deadlocks, lock "
+        "wait timeouts, two tasks that create the same artifact). After that the record is spooled.",
+        "float",
+        "5.0",
+    ),
+    "connect_timeout": _option(
+        "Seconds to wait for the database of a database store to accept a connection. When it does not, "
+        "the record is spooled and the task goes on.",
+        "float",
+        "5.0",
+    ),
+    "spool_folder": _option(
+        "The folder where records wait that the local store could not take because it was unavailable. "
+        "The next task that reaches the store, or cmf-airflow replay, writes them. Empty means cmf_spool "
+        "in [logging] base_log_folder.",
+        "string",
+        "",
+        "/var/log/airflow/cmf_spool",
     ),
     "site": _option(
         "The id of this site, written on every execution and part of every execution's uuid. Empty means "

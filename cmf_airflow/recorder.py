@@ -8,10 +8,17 @@ events and attributed to the stage context. Names and properties follow HPE CMF,
 Identity: an execution's MLMD external id is its ``Execution_uuid`` and an artifact's is ``<type>:<uri>``
 (see cmf_airflow.model), and the recorder finds existing objects by those ids. An artifact is its content,
 so the same bytes logged under two paths, or by two tasks, are one artifact with one event per use.
+
+Concurrent writers: MLMD keeps external ids, context names and events (artifact, execution, direction)
+unique, and types are registered with an external id too. So when two processes create the same object at
+once, one of them gets an error, drops what it read and writes again, and then finds the other's object.
+Writing a record again never adds an event twice, because the events of the execution are read again.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import uuid
@@ -23,14 +30,18 @@ from ml_metadata import errors as mlmd_errors
 from ml_metadata.proto import metadata_store_pb2 as mlmd
 
 from cmf_airflow.model import (
+    EXECUTION_ID_PLACEHOLDER,
     ArtifactRecord,
     EventKind,
     GitInfo,
     HashState,
+    RecordKind,
     TaskOutcome,
+    TaskRecord,
     TaskRun,
     execution_external_id,
 )
+from cmf_airflow.store import retry_on_contention
 
 if TYPE_CHECKING:
     from ml_metadata.metadata_store import MetadataStore
@@ -41,6 +52,8 @@ PIPELINE_CONTEXT_TYPE = "Parent_Context"
 STAGE_CONTEXT_TYPE = "Pipeline_Stage"
 # Not a CMF type: it keeps the generated site id inside the store, so that the id lives as long as the store.
 SITE_CONTEXT_TYPE = "cmf_airflow_Site"
+# The external id of the site context: unique, so that two workers that open a new store at once agree.
+SITE_CONTEXT_EXTERNAL_ID = "cmf_airflow:site"
 DATASET_TYPE = "Dataset"
 
 _STRING = mlmd.STRING
@@ -69,13 +82,16 @@ _TYPE_PROPERTIES = {
 _EVENT_TYPES = {EventKind.INPUT: mlmd.Event.INPUT, EventKind.OUTPUT: mlmd.Event.OUTPUT}
 # Airflow's final task states as MLMD execution states; any other end (failed, up_for_retry) is FAILED.
 _FINAL_STATES = {"success": mlmd.Execution.COMPLETE, "skipped": mlmd.Execution.CANCELED}
+_ENDED = frozenset({mlmd.Execution.COMPLETE, mlmd.Execution.CANCELED, mlmd.Execution.FAILED, mlmd.Execution.CACHED})
 
 
 class Recorder:
     """Writes task tries and their artifacts into one MLMD store, registering each type once."""
 
-    def __init__(self, store: MetadataStore) -> None:
+    def __init__(self, store: MetadataStore, *, write_timeout: float = 5.0, location: str = "the store") -> None:
         self._store = store
+        self._write_timeout = write_timeout
+        self._location = location
         self._type_ids: dict[tuple[str, str], int] = {}
         # Objects this recorder wrote or read, by their MLMD identity. Contexts and artifacts are never
         # deleted and an execution belongs to one task try, which runs in one process, so the copies stay
@@ -94,22 +110,63 @@ class Recorder:
     def site_id(self) -> str:
         """Return the site id kept in the store, generating and storing one on first use.
 
-        Callers that may race with another process hold the store's write lock around this call.
+        Two processes that call this on a new store at once get the same id: the site context has a fixed
+        external id, so the second insert fails and that process reads the first one's id.
         """
-        existing = self._store.get_contexts_by_type(SITE_CONTEXT_TYPE)
+        return retry_on_contention(self._site_id, timeout=self._write_timeout, path=self._location,
+                                   on_retry=self._forget_types)
+
+    def _site_id(self) -> str:
+        existing = _by_external_ids(self._store.get_contexts_by_external_ids, [SITE_CONTEXT_EXTERNAL_ID])
         if existing:
-            return min(existing, key=lambda context: context.id).name
+            return existing[0].name
+        # Stores written by earlier versions keep the id in a context without external id.
+        older = self._store.get_contexts_by_type(SITE_CONTEXT_TYPE)
+        if older:
+            return min(older, key=lambda context: context.id).name
         type_id = self._context_type(SITE_CONTEXT_TYPE, {})
         site = uuid.uuid4().hex[:12]
-        self._store.put_contexts([mlmd.Context(type_id=type_id, name=site)])
+        self._store.put_contexts([mlmd.Context(type_id=type_id, name=site, external_id=SITE_CONTEXT_EXTERNAL_ID)])
         logger.info("generated site id %s for this CMF store", site)
         return site
+
+    def apply(self, record: TaskRecord) -> mlmd.Execution:
+        """Write one ``TaskRecord``, as its listener hook or API call would have written it.
+
+        ``record.run.site`` must be set. The names of logged artifacts that contain the execution id
+        placeholder get the execution's id.
+        """
+        if not record.run.site:
+            raise ValueError(f"the record of {record.run.stage_name} has no site id: fill it in before writing")
+        if record.kind is RecordKind.START:
+            return self.record_start(record.run, record.artifacts(EventKind.INPUT), record.git)
+        if record.kind is RecordKind.END:
+            assert record.outcome is not None
+            return self.record_end(
+                record.run, record.outcome, record.artifacts(EventKind.OUTPUT), record.git,
+                record.artifacts(EventKind.INPUT),
+            )
+        events = list(record.events)
+        if any(EXECUTION_ID_PLACEHOLDER in (artifact.explicit_name or "") for _, artifact in events):
+            execution_id = self.record_logged(record.run, [], record.git).id
+            events = [(kind, _with_execution_id(artifact, execution_id)) for kind, artifact in events]
+        return self.record_logged(record.run, events, record.git, dict(record.execution_properties) or None)
 
     def record_start(
         self, run: TaskRun, inputs: Sequence[ArtifactRecord], git: GitInfo | None
     ) -> mlmd.Execution:
-        """Record a task try that started running, with its inputs."""
-        return self._write(run, git, mlmd.Execution.RUNNING, _start_facts(run), [(EventKind.INPUT, a) for a in inputs])
+        """Record a task try that started running, with its inputs.
+
+        A try whose end is already recorded keeps its final state: a start replayed from the spool after
+        its end was written must not turn the execution back to RUNNING.
+        """
+        facts = _start_facts(run)
+        state: int | None = mlmd.Execution.RUNNING
+        existing = self.find_execution(run)
+        if existing is not None and existing.last_known_state in _ENDED:
+            state = None
+            facts.pop("airflow_state")
+        return self._write(run, git, state, facts, [(EventKind.INPUT, a) for a in inputs])
 
     def record_end(
         self,
@@ -173,6 +230,35 @@ class Recorder:
         facts: dict[str, Any],
         events: Iterable[tuple[EventKind, ArtifactRecord]],
     ) -> mlmd.Execution:
+        event_list = list(events)
+        return retry_on_contention(
+            lambda: self._write_once(run, git, state, dict(facts), event_list),
+            timeout=self._write_timeout,
+            path=self._location,
+            on_retry=lambda: self._forget(run),
+        )
+
+    def _forget(self, run: TaskRun) -> None:
+        """Drop what this recorder read about the try and its artifacts, after a write that conflicted."""
+        execution = self._executions.pop(run.execution_uuid, None)
+        if execution is not None and execution.HasField("id"):
+            self._events.pop(execution.id, None)
+        self._artifacts = {key: artifact for key, artifact in self._artifacts.items() if artifact.HasField("id")}
+        self._contexts.clear()
+        self._linked_stages.clear()
+        self._forget_types()
+
+    def _forget_types(self) -> None:
+        self._type_ids.clear()
+
+    def _write_once(
+        self,
+        run: TaskRun,
+        git: GitInfo | None,
+        state: int | None,
+        facts: dict[str, Any],
+        events: list[tuple[EventKind, ArtifactRecord]],
+    ) -> mlmd.Execution:
         pipeline = self._pipeline_context(run.dag_id)
         stage = self._stage_context(pipeline, run.stage_name)
         execution = self._execution(run, pipeline, stage, git)
@@ -181,7 +267,7 @@ class Recorder:
         _set_custom(execution, facts)
 
         known_events = self._known_events(execution)
-        artifact_and_events = self._new_events(list(events), known_events, git)
+        artifact_and_events = self._new_events(events, known_events, git)
 
         contexts = [pipeline, stage]
         try:
@@ -189,8 +275,9 @@ class Recorder:
                 execution, artifact_and_events, contexts, reuse_context_if_already_exist=True
             )
         except mlmd_errors.AlreadyExistsError:
-            # A store written before external ids were set: adopt its objects by name, then write again.
-            self._adopt_by_name(execution, run.stage_name, [artifact for artifact, _ in artifact_and_events])
+            if not self._adopt_by_name(execution, run.stage_name, [artifact for artifact, _ in artifact_and_events]):
+                raise  # another writer created one of the objects: retry_on_contention reads it and writes again
+            # A store written before external ids were set: its objects are adopted by name.
             execution_id, artifact_ids, _ = self._store.put_execution(
                 execution, artifact_and_events, contexts, reuse_context_if_already_exist=True
             )
@@ -233,18 +320,23 @@ class Recorder:
             result.append((artifact, mlmd.Event(type=event_type)))
         return result
 
-    def _adopt_by_name(self, execution: mlmd.Execution, stage_name: str, artifacts: list[mlmd.Artifact]) -> None:
+    def _adopt_by_name(self, execution: mlmd.Execution, stage_name: str, artifacts: list[mlmd.Artifact]) -> bool:
+        """Give new objects the ids of same-named objects without external id; return whether any was found."""
+        adopted = False
         if not execution.HasField("id"):
             existing = self._store.get_execution_by_type_and_name(stage_name, execution.name)
-            if existing is not None:
+            if existing is not None and not existing.external_id:
                 execution.id = existing.id
+                adopted = True
         type_names = {artifact_type.id: artifact_type.name for artifact_type in self._store.get_artifact_types()}
         for artifact in artifacts:
             if artifact.HasField("id"):
                 continue
             existing = self._store.get_artifact_by_type_and_name(type_names[artifact.type_id], artifact.name)
-            if existing is not None:
+            if existing is not None and not existing.external_id:
                 artifact.id = existing.id
+                adopted = True
+        return adopted
 
     def _known_events(self, execution: mlmd.Execution) -> set[tuple[int, int]]:
         if not execution.HasField("id"):
@@ -390,7 +482,9 @@ class Recorder:
         key = (kind, name)
         type_id = self._type_ids.get(key)
         if type_id is None:
-            message = proto(name=name)
+            # MLMD does not keep type names unique, but it keeps external ids unique: with one, two workers
+            # that register a new type at once make one type, and the slower one retries and finds it.
+            message = proto(name=name, external_id=_type_external_id(kind, name))
             for property_name, value_type in properties.items():
                 message.properties[property_name] = value_type
             type_id = put(message, can_add_fields=True)
@@ -404,6 +498,20 @@ def _by_external_ids(get: Any, external_ids: list[str]) -> list[Any]:
         return list(get(external_ids))
     except mlmd_errors.NotFoundError:
         return []
+
+
+def _type_external_id(kind: str, name: str) -> str:
+    external_id = f"cmf_airflow:{kind}_type:{name}"
+    if len(external_id) <= 255:  # the width of MLMD's external_id column on PostgreSQL and MySQL
+        return external_id
+    return f"cmf_airflow:{kind}_type:sha256:{hashlib.sha256(name.encode()).hexdigest()}"
+
+
+def _with_execution_id(record: ArtifactRecord, execution_id: int) -> ArtifactRecord:
+    name = record.explicit_name
+    if name is None or EXECUTION_ID_PLACEHOLDER not in name:
+        return record
+    return dataclasses.replace(record, explicit_name=name.replace(EXECUTION_ID_PLACEHOLDER, str(execution_id)))
 
 
 def _start_facts(run: TaskRun) -> dict[str, Any]:

@@ -1,18 +1,33 @@
-"""Opening the local MLMD store, and the lock that serialises writers of one SQLite store."""
+"""Opening the local MLMD store, the lock that serialises writers of one SQLite store, and retries.
+
+The local store is an SQLite file, or a PostgreSQL or MySQL database (a URL) that the workers of a site
+share. SQLite lets one writer in at a time, so its writers take a file lock first. A database takes
+concurrent writers, whose conflicts (deadlocks, lock wait timeouts, serialization failures, two inserts of
+one unique name) ``retry_on_contention`` retries for a bounded time.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
+import logging
 import os
+import random
+import re
+import socket
 import sqlite3
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
+
+from cmf_airflow.store_url import ConnectionFields, DatabaseAddress, address, connection_config, is_url, redact
 
 if TYPE_CHECKING:
     from ml_metadata.metadata_store import MetadataStore
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # MLMD's SqliteMetadataSourceConfig.ConnectionMode values.
 _SQLITE_READONLY = 1
@@ -30,12 +45,34 @@ class StoreError(Exception):
     """The local store cannot be opened or written; the message names the store and what to do."""
 
 
-class StoreLockTimeout(StoreError):
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or written for now (database down, timeout, lock held): retry later.
+
+    The listener spools what it could not write when it gets this error, and writes it later.
+    """
+
+
+class StoreLockTimeout(StoreUnavailable):
     """Another process held the store's write lock for longer than ``[cmf] lock_timeout``."""
 
 
-def open_store(path: str, *, read_only: bool = False) -> MetadataStore:
-    """Open the MLMD SQLite store at ``path``, creating it (and its folder) unless ``read_only``."""
+def open_store(
+    path: str,
+    *,
+    read_only: bool = False,
+    fields: ConnectionFields | None = None,
+    connect_timeout: float = 5.0,
+) -> MetadataStore:
+    """Open the MLMD store at ``path``: an SQLite file, created (with its folder) unless ``read_only``, or a
+    ``postgresql://`` or ``mysql://`` URL of a database that must exist.
+
+    ``fields`` (an Airflow connection) fill what a URL leaves out. Opening a database gives up after about
+    ``connect_timeout`` seconds with StoreUnavailable. MLMD has no read-only mode for databases, so
+    ``read_only`` only checks that the database exists there.
+    """
+    if is_url(path):
+        return _open_database(path, fields, connect_timeout)
+
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
@@ -80,12 +117,19 @@ def _use_write_ahead_log(path: str) -> None:
 
 @contextlib.contextmanager
 def write_lock(path: str, timeout: float) -> Iterator[None]:
-    """Hold an exclusive lock beside the store at ``path``, waiting at most ``timeout`` seconds for it.
+    """Hold an exclusive lock beside the SQLite store at ``path``, waiting at most ``timeout`` seconds for it.
 
     SQLite lets one writer in at a time, so every process that writes the store takes this lock first and
     waits here, with a time limit, instead of meeting a busy database inside MLMD. It is an advisory
     ``flock``, which the kernel releases when the holding process exits, so a crashed task leaves no lock.
+    A database store (a URL) takes no lock here: the database orders concurrent writers itself, and
+    ``retry_on_contention`` retries those that conflict.
+    NOTE: the sync client's acknowledgement state is read, changed and written under this lock, so two
+    pushes at once from one database store may lose an acknowledgement, and the execution is sent again.
     """
+    if is_url(path):
+        yield
+        return
     lock_path = f"{path}.lock"
     _make_folder(lock_path)
     try:
@@ -142,3 +186,147 @@ def _make_folder(path: str) -> None:
         os.makedirs(folder, exist_ok=True)
     except OSError as error:
         raise StoreError(f"cannot create the folder {folder} of the CMF store: {error.strerror}") from error
+
+
+def _open_database(url: str, fields: ConnectionFields | None, connect_timeout: float) -> MetadataStore:
+    from ml_metadata.metadata_store import metadata_store
+
+    try:
+        where = address(url, fields)
+        config = connection_config(url, fields, create_database=False)
+    except ValueError as error:
+        raise StoreError(str(error)) from error
+    deadline = time.monotonic() + connect_timeout
+    # MLMD has no connection timeout of its own. The probe finds out within the timeout whether a server
+    # listens and responds (a closed port fails in milliseconds, a dropped packet or a hung server waits).
+    _probe(where, connect_timeout, url)
+    if where.backend == "postgresql":
+        # libpq reads its connect timeout from here, in whole seconds of at least 2.
+        os.environ.setdefault("PGCONNECT_TIMEOUT", str(max(2, int(connect_timeout + 0.999))))
+
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return metadata_store.MetadataStore(config)
+        except Exception as error:  # MLMD raises RuntimeError with the cause only in its own log
+            # Several workers that open a new database at once race to create MLMD's tables, and all but
+            # one fail until the winner has committed them. MLMD's message then requests a retry.
+            racing = bool(_SCHEMA_RACE_TEXT.search(str(error)) or _CONTENTION_TEXT.search(str(error)))
+            if (attempt < 3 or racing) and time.monotonic() < deadline:
+                time.sleep(min(0.05 * attempt, 0.5) * random.uniform(0.5, 1.5))
+                continue
+            raise StoreUnavailable(
+                f"cannot open the CMF store {redact(url)}: {error}. Check that the database server is running, "
+                "that the database exists (cmf-airflow creates its tables but not the database) and that the "
+                "user and password are right"
+            ) from error
+
+
+def _probe(where: DatabaseAddress, timeout: float, url: str) -> None:
+    """Check that a database server at ``where`` accepts a connection and responds, within ``timeout`` seconds.
+
+    MySQL and MariaDB greet every new client first. A PostgreSQL server responds to an SSL request with one
+    byte. Either way no credentials are sent, and the server logs at most an aborted connection.
+    NOTE: for MySQL this bounds the wait up to the greeting only. A server that greets and then stalls
+    during login holds MLMD's open, because MLMD sets no read timeout (libpq's PGCONNECT_TIMEOUT covers
+    PostgreSQL's whole login).
+    """
+    try:
+        if where.socket:
+            path = where.socket
+            if where.backend == "postgresql":
+                path = os.path.join(where.socket, f".s.PGSQL.{where.port}")
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            connection.settimeout(timeout)
+            connection.connect(path)
+        else:
+            connection = socket.create_connection((where.host, where.port), timeout=timeout)
+        with connection:
+            if where.backend == "postgresql":
+                connection.sendall((8).to_bytes(4, "big") + (80877103).to_bytes(4, "big"))
+            if not connection.recv(1):
+                raise ConnectionError("the server closed the connection without a response")
+    except OSError as error:
+        reason = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
+        raise StoreUnavailable(
+            f"cannot reach the database of the CMF store {redact(url)} at {where.socket or f'{where.host}:{where.port}'}"
+            f" within {timeout:g} s: {reason}. Check that the {where.backend} server is running"
+        ) from error
+
+
+# Texts of the database errors that mean "another writer got there first", as PostgreSQL, MariaDB/MySQL
+# and SQLite word them. MLMD passes them on inside InternalError or AbortedError.
+_CONTENTION_TEXT = re.compile(
+    r"deadlock|lock wait timeout|could not serialize|serialization failure|database is locked|"
+    r"database table is locked|duplicate key|duplicate entry|unique constraint|try restarting transaction|"
+    r"concurrent writes aborted",
+    re.IGNORECASE,
+)
+
+
+_SCHEMA_RACE_TEXT = re.compile(r"concurrent connection|retry connection|schema_version", re.IGNORECASE)
+
+
+def is_contention(error: BaseException) -> bool:
+    """Tell whether ``error`` comes from a conflict with a concurrent writer, which a new attempt can avoid."""
+    from ml_metadata import errors as mlmd_errors
+
+    if isinstance(error, (mlmd_errors.AbortedError, mlmd_errors.AlreadyExistsError)):
+        return True
+    if isinstance(error, (mlmd_errors.InternalError, mlmd_errors.UnknownError, RuntimeError, sqlite3.OperationalError)):
+        return bool(_CONTENTION_TEXT.search(str(error)))
+    return False
+
+
+def is_unavailable(error: BaseException, path: str) -> bool:
+    """Tell whether ``error``, raised by opening or writing the store at ``path``, means "try again later".
+
+    For a database store that is any error from MLMD or the network, except invalid input. MLMD writes the
+    cause of a failed statement only to its own log, so a dropped connection and a server that shuts down
+    look alike. For an SQLite store it is a timed-out lock or a busy database.
+    """
+    from ml_metadata import errors as mlmd_errors
+
+    if isinstance(error, StoreUnavailable):
+        return True
+    if isinstance(error, (mlmd_errors.InvalidArgumentError, mlmd_errors.NotFoundError,
+                          mlmd_errors.FailedPreconditionError, mlmd_errors.OutOfRangeError)):
+        return False
+    transient = (mlmd_errors.UnavailableError, mlmd_errors.DeadlineExceededError, mlmd_errors.AbortedError)
+    if isinstance(error, transient):
+        return True
+    if is_url(path):
+        return isinstance(error, (mlmd_errors.StatusError, RuntimeError, ConnectionError, TimeoutError))
+    return is_contention(error)
+
+
+def retry_on_contention(
+    operation: Callable[[], T], *, timeout: float, path: str, on_retry: Callable[[], None] | None = None
+) -> T:
+    """Run ``operation``, again after a short random pause each time it conflicts with another writer.
+
+    ``on_retry`` runs before each new attempt, to forget what the failed attempt read. After ``timeout``
+    seconds of conflicts the last one is raised as StoreUnavailable, so the caller can spool the write.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            return operation()
+        except Exception as error:
+            if not is_contention(error):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise StoreUnavailable(
+                    f"gave up writing the CMF store {redact(path)} after {attempts} attempt(s) in {timeout:g} s of "
+                    f"conflicts with other writers (last: {type(error).__name__}: {error}). Raise "
+                    "[cmf] write_timeout if many tasks end at the same moment"
+                ) from error
+            logger.debug("write to %s conflicted with another writer (%s), attempt %d", redact(path), error, attempts)
+        if on_retry is not None:
+            on_retry()
+        time.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(delay * 2, 0.5)

@@ -130,12 +130,17 @@ def postgres_database(prefix: str = "cmf_test") -> Iterator[str]:
 
 @contextlib.contextmanager
 def mysql_database(prefix: str = "cmf_test") -> Iterator[str]:
-    """Yield the ``mysql://`` URL of a uniquely named database on the local MariaDB, then drop it.
+    """Create a uniquely named database on the local MariaDB, yield its ``mysql://`` URL, then drop it.
 
-    MLMD creates the database on its first connection. It is dropped with the ``mysql`` command line client,
-    since the project has no Python MySQL driver.
+    It is created first because the local store never creates its database. The ``mysql`` command line
+    client creates and drops it.
     """
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    subprocess.run(
+        ["mysql", f"-h{MYSQL_HOST}", f"-P{MYSQL_PORT}", f"-u{MYSQL_USER}", "-e", f"CREATE DATABASE `{name}`"],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"mysql://{MYSQL_USER}@{MYSQL_HOST}:{MYSQL_PORT}/{name}"
     finally:

@@ -4,78 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from cmf_airflow.merge import Merger
+from cmf_airflow.store_url import connection_config, is_url, redact
 
 if TYPE_CHECKING:
     from ml_metadata.metadata_store import MetadataStore
 
 logger = logging.getLogger(__name__)
 
-_URL_SCHEMES = {"postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql"}
+__all__ = ["PipelineLocks", "PooledStore", "StorePool", "StoreUnavailable", "connection_config", "is_url",
+           "open_server_store", "redact"]
 
 
 class StoreUnavailable(RuntimeError):
     """No MLMD connection became free in time, or the database cannot be reached."""
-
-
-def is_url(store: str) -> bool:
-    """Return whether ``store`` is a database URL (PostgreSQL or MySQL) rather than an SQLite path."""
-    return urlsplit(store).scheme in _URL_SCHEMES
-
-
-def redact(store: str) -> str:
-    """Return ``store`` with any password in it replaced by ``***``, for logs and messages."""
-    parts = urlsplit(store)
-    if not is_url(store) or parts.password is None:
-        return store
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
-
-
-def connection_config(store: str):
-    """Build the MLMD ConnectionConfig for a ``postgresql://`` or ``mysql://`` URL.
-
-    The password comes from the URL, or else from PGPASSWORD (PostgreSQL) or MYSQL_PWD (MySQL). A ``host``
-    query parameter names a Unix socket: a folder for PostgreSQL, the socket file for MySQL.
-    """
-    from ml_metadata.proto import metadata_store_pb2
-
-    parts = urlsplit(store)
-    kind = _URL_SCHEMES[parts.scheme]
-    # libpq's convention: ?host=/var/run/postgresql selects a Unix socket folder, which cuts the latency
-    # of each of MLMD's many statements compared with TCP on the same machine.
-    socket_folder = parse_qs(parts.query).get("host", [None])[0]
-    database = unquote(parts.path.lstrip("/"))
-    if not database:
-        raise ValueError(f"the store URL {redact(store)} names no database: add it, as in {parts.scheme}://host/cmf")
-    config = metadata_store_pb2.ConnectionConfig()
-    if kind == "postgresql":
-        target = config.postgresql
-        target.host = socket_folder or parts.hostname or "127.0.0.1"
-        target.port = str(parts.port or 5432)
-        target.dbname = database
-        password = parts.password if parts.password is not None else os.environ.get("PGPASSWORD")
-    else:
-        target = config.mysql
-        target.host = parts.hostname or "127.0.0.1"
-        if socket_folder:
-            target.socket = socket_folder
-        target.port = parts.port or 3306
-        target.database = database
-        password = parts.password if parts.password is not None else os.environ.get("MYSQL_PWD")
-    if parts.username:
-        target.user = unquote(parts.username)
-    if password:
-        target.password = unquote(password)
-    return config
 
 
 def open_server_store(store: str) -> MetadataStore:

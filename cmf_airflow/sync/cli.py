@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from cmf_airflow.store_url import is_url
+
 logger = logging.getLogger(__name__)
 
 
@@ -55,7 +57,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.set_defaults(run=run_export)
 
 
-_STORE_HELP = "local MLMD SQLite store (default: [cmf] store, $AIRFLOW_HOME/cmf/mlmd.sqlite unless set)"
+_STORE_HELP = (
+    "local MLMD SQLite store or database URL (default: [cmf] store, $AIRFLOW_HOME/cmf/mlmd.sqlite unless set)"
+)
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +81,7 @@ def run_push(args: argparse.Namespace) -> int:
     from cmf_airflow.sync.pusher import push
 
     store = args.store or conf.store()
-    if not os.path.exists(store):
+    if not is_url(store) and not os.path.exists(store):
         return _fail("push", f"no CMF store at {store}: pass --store, or run a DAG with cmf-airflow enabled first")
     client = _open_client("push", args)
     if isinstance(client, int):

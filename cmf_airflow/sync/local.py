@@ -15,6 +15,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from cmf_airflow.store import StoreError, open_store
+from cmf_airflow.store_url import is_url
 
 if TYPE_CHECKING:
     from ml_metadata.metadata_store import MetadataStore
@@ -28,10 +29,10 @@ def open_local_store_for_reading(path: str) -> MetadataStore:
 
     A read-only open writes nothing, not even a site id, so ``export`` leaves the store as it found it.
     """
-    key = (os.getpid(), os.path.realpath(path))
+    key = (os.getpid(), _store_key(path))
     with _opened_lock:
         store = _opened.get(key)
-    if store is not None and os.path.exists(path):
+    if store is not None and _exists(path):
         return store
     return open_store(path, read_only=True)
 
@@ -41,12 +42,12 @@ def open_local_store(path: str, *, create: bool = True) -> MetadataStore:
 
     With ``create=False`` a missing store raises StoreError instead of being created.
     """
-    if not create and not os.path.exists(path):
+    if not create and not _exists(path):
         raise StoreError(f"no CMF store at {path}: pass the path of a local store, or run a DAG with cmf-airflow first")
-    key = (os.getpid(), os.path.realpath(path))
+    key = (os.getpid(), _store_key(path))
     with _opened_lock:
         store = _opened.get(key)
-        if store is not None and os.path.exists(path):
+        if store is not None and _exists(path):
             return store
         store = _listener_store(path) or open_store(path)
         _opened[key] = store
@@ -64,3 +65,12 @@ def _listener_store(path: str) -> MetadataStore | None:
 
     settings = dataclasses.replace(conf.settings(), store=path)
     return local_store(settings).recorder.store
+
+
+def _store_key(path: str) -> str:
+    return path if is_url(path) else os.path.realpath(path)
+
+
+def _exists(path: str) -> bool:
+    # A database store exists when it can be opened, which open_store finds out.
+    return is_url(path) or os.path.exists(path)

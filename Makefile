@@ -43,6 +43,9 @@ bench: setup
 	$(UV) run --no-sync python benchmarks/bench_versioning.py
 	$(UV) run --no-sync python benchmarks/bench_server.py
 	$(UV) run --no-sync python benchmarks/bench_sync.py
+	$(UV) run --no-sync python benchmarks/bench_ui.py
+	$(UV) run --no-sync python benchmarks/bench_backends.py
+	$(UV) run --no-sync python benchmarks/bench_store_open.py
 
 clean:
 	rm -rf .cmf-demo .venv $(AIRFLOW2_ENV) .pytest_cache

@@ -62,16 +62,18 @@ def open_store(
     read_only: bool = False,
     fields: ConnectionFields | None = None,
     connect_timeout: float = 5.0,
+    lock_wait: float | None = None,
 ) -> MetadataStore:
     """Open the MLMD store at ``path``: an SQLite file, created (with its folder) unless ``read_only``, or a
     ``postgresql://`` or ``mysql://`` URL of a database that must exist.
 
     ``fields`` (an Airflow connection) fill what a URL leaves out. Opening a database gives up after about
     ``connect_timeout`` seconds with StoreUnavailable. MLMD has no read-only mode for databases, so
-    ``read_only`` only checks that the database exists there.
+    ``read_only`` only checks that the database exists there. ``lock_wait`` bounds, on PostgreSQL, how long
+    one statement waits for a row lock that another session holds.
     """
     if is_url(path):
-        return _open_database(path, fields, connect_timeout)
+        return _open_database(path, fields, connect_timeout, lock_wait)
 
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
@@ -188,7 +190,9 @@ def _make_folder(path: str) -> None:
         raise StoreError(f"cannot create the folder {folder} of the CMF store: {error.strerror}") from error
 
 
-def _open_database(url: str, fields: ConnectionFields | None, connect_timeout: float) -> MetadataStore:
+def _open_database(
+    url: str, fields: ConnectionFields | None, connect_timeout: float, lock_wait: float | None
+) -> MetadataStore:
     from ml_metadata.metadata_store import metadata_store
 
     try:
@@ -200,15 +204,14 @@ def _open_database(url: str, fields: ConnectionFields | None, connect_timeout: f
     # MLMD has no connection timeout of its own. The probe finds out within the timeout whether a server
     # listens and responds (a closed port fails in milliseconds, a dropped packet or a hung server waits).
     _probe(where, connect_timeout, url)
-    if where.backend == "postgresql":
-        # libpq reads its connect timeout from here, in whole seconds of at least 2.
-        os.environ.setdefault("PGCONNECT_TIMEOUT", str(max(2, int(connect_timeout + 0.999))))
+    session = _libpq_settings(connect_timeout, lock_wait) if where.backend == "postgresql" else {}
 
     attempt = 0
     while True:
         attempt += 1
         try:
-            return metadata_store.MetadataStore(config)
+            with _environment(session):
+                return metadata_store.MetadataStore(config)
         except Exception as error:  # MLMD raises RuntimeError with the cause only in its own log
             # Several workers that open a new database at once race to create MLMD's tables, and all but
             # one fail until the winner has committed them. MLMD's message then requests a retry.
@@ -221,6 +224,45 @@ def _open_database(url: str, fields: ConnectionFields | None, connect_timeout: f
                 "that the database exists (cmf-airflow creates its tables but not the database) and that the "
                 "user and password are right"
             ) from error
+
+
+def _libpq_settings(connect_timeout: float, lock_wait: float | None) -> dict[str, str]:
+    """Return the libpq variables that bound the waits of an MLMD session on PostgreSQL.
+
+    MLMD's configuration has no field for them, but libpq reads these variables when it connects.
+    ``idle_in_transaction_session_timeout`` ends, on the server, a session whose client vanished in the
+    middle of a transaction (a worker killed, a network cut), which would otherwise hold its row locks and
+    stall every other writer until TCP keepalive noticed, hours later. ``lock_timeout`` makes a statement
+    that waits for such a lock fail, so that the recorder retries it or the record goes to the spool.
+    """
+    options = ["-c idle_in_transaction_session_timeout=30000"]
+    if lock_wait is not None:
+        options.append(f"-c lock_timeout={max(1, int(lock_wait * 1000))}")
+    user_options = os.environ.get("PGOPTIONS", "").strip()
+    return {
+        # In whole seconds, at least 2. A value the deployment set itself wins.
+        "PGCONNECT_TIMEOUT": os.environ.get("PGCONNECT_TIMEOUT") or str(max(2, int(connect_timeout + 0.999))),
+        "PGOPTIONS": " ".join([*options, user_options]).strip(),
+    }
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables only while MLMD connects, so that the task's own connections keep theirs.
+
+    NOTE: the environment belongs to the whole process, so a connection that another thread opens at this
+    moment also gets these values. MLMD's open takes milliseconds, and the values only bound waits.
+    """
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _probe(where: DatabaseAddress, timeout: float, url: str) -> None:

@@ -284,3 +284,41 @@ def test_missing_database_spools_until_next_task(tmp_path, cmf_store, monkeypatc
     finally:
         with psycopg.connect(admin, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.timeout(300)
+def test_store_locked_by_a_vanished_session_spools_instead_of_waiting(tmp_path, cmf_store, monkeypatch,
+                                                                      _spool_settings):
+    # A session that holds a table lock inside an open transaction stands for a worker that vanished in the
+    # middle of a write: without a lock timeout, every later writer would wait for it, and its task with it.
+    import psycopg
+
+    from server_utils import postgres_database
+
+    monkeypatch.setenv("AIRFLOW__CMF__WRITE_TIMEOUT", "2")
+    with postgres_database("cmf_locked") as url:
+        monkeypatch.setenv("AIRFLOW__CMF__STORE", url)
+        first = _run_spool_dag(tmp_path, "spool_locked")
+        name = url.rsplit("/", 1)[1]
+        with psycopg.connect(f"host={POSTGRES_HOST} port={POSTGRES_PORT} user={POSTGRES_USER} dbname={name}") as lock:
+            lock.execute("LOCK TABLE execution IN ACCESS EXCLUSIVE MODE")
+            blocked = _run_spool_dag(tmp_path, "spool_locked")
+            # A write that found the store locked may have claimed the pending file for a replay: count all files.
+            kinds = sorted(
+                (json.loads(line)["record"]["kind"], json.loads(line)["record"]["run"]["task_id"])
+                for spooled in _spool_settings.glob("*.jsonl")
+                for line in spooled.read_text(encoding="utf-8").splitlines()
+            )
+            lock.rollback()
+        replayed = _replay_command()
+        store = open_store_for_test(url)
+        executions = store.get_executions()
+
+    assert first == {"produce": "success", "check": "failed"}
+    assert blocked == first
+    assert kinds == sorted([("start", "produce"), ("logged", "produce"), ("logged", "produce"), ("end", "produce"),
+                            ("start", "check"), ("end", "check")])
+    assert replayed.returncode == 0, replayed.stderr
+    assert len(executions) == 4
+    assert len({execution.external_id for execution in executions}) == 4
+    assert os.listdir(_spool_settings) == []

@@ -74,7 +74,7 @@ def forget_store(settings: conf.Settings) -> None:
 
 def opened_site(settings: conf.Settings) -> str:
     """Return the site id without opening the store: ``[cmf] site``, or the id of the store if this process
-    has it open, or an empty string, which stands for "the id kept in the store" until the record is written."""
+    has it open, or an empty string, meaning "the id kept in the store" until the record is written."""
     if settings.site is not None:
         return settings.site
     with _open_lock:
@@ -118,7 +118,12 @@ def _open(settings: conf.Settings) -> LocalStore:
     # Several processes that open a new SQLite store at once race to create MLMD's tables, which SQLite
     # aborts: under the write lock one creates them and the others find them.
     with write_lock(settings.store, settings.lock_timeout):
-        store = open_store(settings.store, fields=store_fields(settings), connect_timeout=settings.connect_timeout)
+        store = open_store(
+            settings.store,
+            fields=store_fields(settings),
+            connect_timeout=settings.connect_timeout,
+            lock_wait=settings.write_timeout,
+        )
     recorder = Recorder(store, write_timeout=settings.write_timeout, location=redact(settings.store))
     site = settings.site
     if site is None:

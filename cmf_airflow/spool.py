@@ -62,6 +62,11 @@ REJECTED_FILE = "rejected.jsonl"
 _APPEND_LOCK_TIMEOUT_S = 5.0
 
 _spooled_in_process = 0
+# Task tries whose record found the store unavailable, with the cause. Their later records go straight to the
+# spool: a database that accepts connections and never answers would otherwise cost each hook and each
+# logged artifact of the try a whole [cmf] connect_timeout.
+_unavailable_tries: dict[tuple[str, str, str, str, int, int], Exception] = {}
+_MAX_REMEMBERED_TRIES = 1000
 
 
 class SpoolError(Exception):
@@ -289,11 +294,16 @@ def deliver(record: TaskRecord, settings: conf.Settings) -> Delivery:
     unavailable), and SpoolError when the record can be neither written nor spooled.
     """
     spool = Spool(settings.spool_folder)
+    try_key = _try_key(record, settings)
+    earlier_error = _unavailable_tries.get(try_key)
+    if earlier_error is not None:
+        return _spool(spool, record, settings, earlier_error)
     try:
         opened = local_store(settings)
     except StoreError as error:
         if not is_unavailable(error, settings.store):
             raise
+        _remember_unavailable(try_key, error)
         return _spool(spool, record, settings, error)
 
     if spool.has_pending():
@@ -304,8 +314,20 @@ def deliver(record: TaskRecord, settings: conf.Settings) -> Delivery:
         if not is_unavailable(error, settings.store):
             raise
         forget_store(settings)
+        _remember_unavailable(try_key, error)
         return _spool(spool, record, settings, error)
     return Delivery(execution=execution, store=opened)
+
+
+def _try_key(record: TaskRecord, settings: conf.Settings) -> tuple[str, str, str, str, int, int]:
+    run = record.run
+    return (settings.store, run.dag_id, run.task_id, run.run_id, run.map_index, run.try_number)
+
+
+def _remember_unavailable(try_key: tuple[str, str, str, str, int, int], error: Exception) -> None:
+    if len(_unavailable_tries) >= _MAX_REMEMBERED_TRIES:
+        _unavailable_tries.clear()
+    _unavailable_tries[try_key] = error
 
 
 def write_record(opened: LocalStore, record: TaskRecord) -> mlmd.Execution:

@@ -322,3 +322,41 @@ def test_store_locked_by_a_vanished_session_spools_instead_of_waiting(tmp_path, 
     assert len(executions) == 4
     assert len({execution.external_id for execution in executions}) == 4
     assert os.listdir(_spool_settings) == []
+
+
+def test_silent_database_costs_each_try_one_connect_timeout(tmp_path, cmf_store, monkeypatch, _spool_settings):
+    # A socket that accepts connections and never answers, as a hung database server or a half-open network
+    # path would. Each try should wait for it once, then spool its later records at once.
+    import socket
+    import threading
+
+    accepted: list[socket.socket] = []
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        silent.settimeout(0.2)
+        stop = threading.Event()
+
+        def accept() -> None:
+            while not stop.is_set():
+                try:
+                    accepted.append(silent.accept()[0])
+                except OSError:
+                    continue
+
+        acceptor = threading.Thread(target=accept, daemon=True)
+        acceptor.start()
+        monkeypatch.setenv("AIRFLOW__CMF__STORE", f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/cmf")
+        try:
+            states = _run_spool_dag(tmp_path, "spool_silent")
+        finally:
+            stop.set()
+            acceptor.join()
+            for connection in accepted:
+                connection.close()
+
+    assert states == {"produce": "success", "check": "failed"}
+    assert _spooled_kinds(_spool_settings) == [("start", "produce"), ("logged", "produce"), ("logged", "produce"),
+                                              ("end", "produce"), ("start", "check"), ("end", "check")]
+    # One probe per task try: produce's and check's first records.
+    assert len(accepted) == 2

@@ -63,7 +63,7 @@ _APPEND_LOCK_TIMEOUT_S = 5.0
 
 _spooled_in_process = 0
 # Task tries whose record found the store unavailable, with the cause. Their later records go straight to the
-# spool: a database that accepts connections and never answers would otherwise cost each hook and each
+# spool: a database that accepts connections and never responds would otherwise cost each hook and each
 # logged artifact of the try a whole [cmf] connect_timeout.
 _unavailable_tries: dict[tuple[str, str, str, str, int, int], Exception] = {}
 _MAX_REMEMBERED_TRIES = 1000

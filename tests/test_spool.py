@@ -325,7 +325,7 @@ def test_store_locked_by_a_vanished_session_spools_instead_of_waiting(tmp_path, 
 
 
 def test_silent_database_costs_each_try_one_connect_timeout(tmp_path, cmf_store, monkeypatch, _spool_settings):
-    # A socket that accepts connections and never answers, as a hung database server or a half-open network
+    # A socket that accepts connections and never responds, as a hung database server or a half-open network
     # path would. Each try should wait for it once, then spool its later records at once.
     import socket
     import threading

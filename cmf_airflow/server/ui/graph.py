@@ -10,10 +10,12 @@ run of a daily DAG would otherwise make a graph too large to read.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from cmf_airflow.server.ui.catalog import Catalog
+from cmf_airflow.server.ui.database import Row
 from cmf_airflow.server.ui.rows import INPUT_EVENT_TYPES, OUTPUT_EVENT_TYPES
 
 
@@ -57,38 +59,40 @@ def _walk(
 ) -> None:
     frontier = [start]
     for _ in range(depth):
-        budget = max_nodes - graph.size
-        if not frontier or budget <= 0:
+        if not frontier or max_nodes - graph.size <= 0:
             graph.truncated = graph.truncated or bool(frontier)
             return
-        new_executions: list[int] = []
-        events = catalog.events_of_artifacts(frontier, towards, budget + 1)
-        for artifact_id, execution_id, event_type in events:
-            if execution_id not in graph.executions:
-                if len(new_executions) >= budget:
-                    graph.truncated = True
-                    continue
-                new_executions.append(execution_id)
-                graph.executions.add(execution_id)
-            graph.events.add((artifact_id, execution_id, event_type))
-        if len(events) > budget:
-            graph.truncated = True
-
-        budget = max_nodes - graph.size
-        frontier = []
-        events = catalog.events_of_executions(new_executions, onwards, max(budget, 0) + 1)
-        for artifact_id, execution_id, event_type in events:
-            if artifact_id not in graph.artifacts:
-                if len(frontier) >= budget:
-                    graph.truncated = True
-                    continue
-                frontier.append(artifact_id)
-                graph.artifacts.add(artifact_id)
-            graph.events.add((artifact_id, execution_id, event_type))
-        if len(events) > budget:
-            graph.truncated = True
+        events = catalog.events_of_artifacts(frontier, towards, max_nodes - graph.size + 1)
+        new_executions = _add_step(graph, events, graph.executions, max_nodes, node_of=lambda event: event[1])
+        events = catalog.events_of_executions(new_executions, onwards, max(max_nodes - graph.size, 0) + 1)
+        frontier = _add_step(graph, events, graph.artifacts, max_nodes, node_of=lambda event: event[0])
     if frontier and catalog.events_of_artifacts(frontier, towards, 1):
         graph.truncated = True
+
+
+def _add_step(
+    graph: _Graph,
+    events: list[Row],
+    seen: set[int],
+    max_nodes: int,
+    *,
+    node_of: Callable[[Row], int],
+) -> list[int]:
+    """Add the nodes that ``events`` reach (``node_of`` picks them) within the budget; return the new ones."""
+    budget = max_nodes - graph.size
+    added: list[int] = []
+    for event in events:
+        node = node_of(event)
+        if node not in seen:
+            if len(added) >= budget:
+                graph.truncated = True
+                continue
+            added.append(node)
+            seen.add(node)
+        graph.events.add(tuple(event))
+    if len(events) > budget:
+        graph.truncated = True
+    return added
 
 
 def _as_json(catalog: Catalog, graph: _Graph, focus: int, depth: int) -> dict[str, Any]:

@@ -82,7 +82,8 @@ _TYPE_PROPERTIES = {
 _EVENT_TYPES = {EventKind.INPUT: mlmd.Event.INPUT, EventKind.OUTPUT: mlmd.Event.OUTPUT}
 # Airflow's final task states as MLMD execution states; any other end (failed, up_for_retry) is FAILED.
 _FINAL_STATES = {"success": mlmd.Execution.COMPLETE, "skipped": mlmd.Execution.CANCELED}
-_ENDED = frozenset({mlmd.Execution.COMPLETE, mlmd.Execution.CANCELED, mlmd.Execution.FAILED, mlmd.Execution.CACHED})
+# The state a start record asks for: RUNNING for a new execution, no change for one that exists.
+_RUNNING_IF_NEW = -1
 
 
 class Recorder:
@@ -160,13 +161,7 @@ class Recorder:
         A try whose end is already recorded keeps its final state: a start replayed from the spool after
         its end was written must not turn the execution back to RUNNING.
         """
-        facts = _start_facts(run)
-        state: int | None = mlmd.Execution.RUNNING
-        existing = self.find_execution(run)
-        if existing is not None and existing.last_known_state in _ENDED:
-            state = None
-            facts.pop("airflow_state")
-        return self._write(run, git, state, facts, [(EventKind.INPUT, a) for a in inputs])
+        return self._write(run, git, _RUNNING_IF_NEW, _start_facts(run), [(EventKind.INPUT, a) for a in inputs])
 
     def record_end(
         self,
@@ -261,6 +256,14 @@ class Recorder:
     ) -> mlmd.Execution:
         pipeline = self._pipeline_context(run.dag_id)
         stage = self._stage_context(pipeline, run.stage_name)
+        existing = self.find_execution(run)
+        if state == _RUNNING_IF_NEW:
+            # A start written after the try's end (replayed from the spool) leaves the state to the end.
+            state = mlmd.Execution.RUNNING if existing is None else None
+            if existing is not None:
+                facts.pop("airflow_state", None)
+        if existing is not None:
+            return self._update(run, existing, pipeline, stage, git, state, facts, events)
         execution = self._execution(run, pipeline, stage, git)
         if state is not None:
             execution.last_known_state = state
@@ -288,6 +291,56 @@ class Recorder:
             self._artifacts[artifact.external_id] = artifact
         self._executions[run.execution_uuid] = execution
         self._events[execution_id] = known_events
+        return execution
+
+    def _update(
+        self,
+        run: TaskRun,
+        existing: mlmd.Execution,
+        pipeline: mlmd.Context,
+        stage: mlmd.Context,
+        git: GitInfo | None,
+        state: int | None,
+        facts: dict[str, Any],
+        events: list[tuple[EventKind, ArtifactRecord]],
+    ) -> mlmd.Execution:
+        """Add events and properties to an execution that exists, changing only the fields this write sets.
+
+        Another process may write the same execution at the same moment: the end hook of the try while a
+        replay writes its start, for instance. MLMD's full update would put back the state and properties
+        of the copy read before, and undo the other write. A field-mask update touches only what is named.
+        """
+        known_events = self._known_events(existing)
+        artifact_and_events = self._new_events(events, known_events, git)
+        new_artifacts = [artifact for artifact, _ in artifact_and_events if not artifact.HasField("id")]
+        if new_artifacts:
+            for artifact, artifact_id in zip(new_artifacts, self._store.put_artifacts(new_artifacts)):
+                artifact.id = artifact_id
+        if artifact_and_events:
+            attributions = [mlmd.Attribution(artifact_id=artifact.id, context_id=context.id)
+                            for artifact, _ in artifact_and_events for context in (pipeline, stage)]
+            self._store.put_attributions_and_associations(attributions, [])
+            self._store.put_events([mlmd.Event(artifact_id=artifact.id, execution_id=existing.id, type=event.type)
+                                    for artifact, event in artifact_and_events])
+
+        patch = mlmd.Execution(id=existing.id, type_id=existing.type_id)
+        if existing.properties["Git_Start_Commit"].string_value:
+            patch.properties["Git_Start_Commit"].CopyFrom(existing.properties["Git_Start_Commit"])
+        patch = self._describe(patch, run, pipeline, stage, git)
+        _set_custom(patch, facts)
+        mask = [f"properties.{name}" for name in patch.properties]
+        mask += [f"custom_properties.{name}" for name in patch.custom_properties]
+        if state is not None:
+            patch.last_known_state = state
+            mask.append("last_known_state")
+        self._store.put_executions([patch], field_mask_paths=mask)
+
+        [execution] = self._store.get_executions_by_id([existing.id])
+        for artifact, event in artifact_and_events:
+            known_events.add((artifact.id, event.type))
+            self._artifacts[artifact.external_id] = artifact
+        self._executions[run.execution_uuid] = execution
+        self._events[execution.id] = known_events
         return execution
 
     def event_counts(self, execution: mlmd.Execution) -> tuple[int, int]:
@@ -389,7 +442,14 @@ class Recorder:
             execution = mlmd.Execution(
                 type_id=type_id, name=execution_uuid, external_id=execution_external_id(execution_uuid)
             )
+        return self._describe(execution, run, pipeline, stage, git)
 
+    def _describe(
+        self, execution: mlmd.Execution, run: TaskRun, pipeline: mlmd.Context, stage: mlmd.Context,
+        git: GitInfo | None,
+    ) -> mlmd.Execution:
+        """Set on ``execution`` the properties that every write of the try carries, and return it."""
+        execution_uuid = run.execution_uuid
         _set_properties(
             execution,
             {

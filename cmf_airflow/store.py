@@ -235,7 +235,7 @@ def _libpq_settings(connect_timeout: float, lock_wait: float | None) -> dict[str
     stall every other writer until TCP keepalive noticed, hours later. ``lock_timeout`` makes a statement
     that waits for such a lock fail, so that the recorder retries it or the record goes to the spool.
     """
-    options = ["-c idle_in_transaction_session_timeout=30000"]
+    options = ["-c idle_in_transaction_session_timeout=10000"]
     if lock_wait is not None:
         options.append(f"-c lock_timeout={max(1, int(lock_wait * 1000))}")
     user_options = os.environ.get("PGOPTIONS", "").strip()
@@ -302,7 +302,7 @@ def _probe(where: DatabaseAddress, timeout: float, url: str) -> None:
 _CONTENTION_TEXT = re.compile(
     r"deadlock|lock wait timeout|could not serialize|serialization failure|database is locked|"
     r"database table is locked|duplicate key|duplicate entry|unique constraint|try restarting transaction|"
-    r"concurrent writes aborted",
+    r"concurrent writes aborted|lock timeout",
     re.IGNORECASE,
 )
 

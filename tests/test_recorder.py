@@ -204,3 +204,26 @@ def test_store_without_external_ids_is_adopted_by_name(recorder):
         mlmd.Event.INPUT,
         mlmd.Event.OUTPUT,
     ]
+
+
+def test_writer_with_an_old_copy_does_not_undo_another_writers_end(recorder):
+    # Two recorders on one store stand for two processes: the worker whose replay writes the try's start and
+    # logged parameters, and the try's own end hook. The first still holds the RUNNING copy it wrote.
+    replaying = recorder
+    ending = Recorder(replaying.store)
+    run = _run()
+    replaying.record_start(run, [_dataset("/d/in.csv", "1" * 32)], GIT)
+    outcome = TaskOutcome(state="success", end_time=START + timedelta(seconds=3))
+    ending.record_end(run, outcome, [_dataset("/d/out.csv", "2" * 32)], GIT)
+
+    replaying.record_logged(run, [], GIT, {"learning_rate": 0.1})
+    replaying.record_start(run, [_dataset("/d/in.csv", "1" * 32), _dataset("/d/extra.csv", "3" * 32)], GIT)
+    [execution] = replaying.store.get_executions()
+    events = replaying.store.get_events_by_execution_ids([execution.id])
+
+    assert execution.last_known_state == mlmd.Execution.COMPLETE
+    assert execution.custom_properties["airflow_state"].string_value == "success"
+    assert execution.custom_properties["end_time"].string_value == outcome.end_time.isoformat()
+    assert execution.custom_properties["learning_rate"].double_value == 0.1
+    assert sorted(event.type for event in events) == [mlmd.Event.INPUT, mlmd.Event.INPUT, mlmd.Event.OUTPUT]
+    assert execution.properties["Git_Start_Commit"].string_value == GIT.commit

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -96,6 +97,7 @@ def run_demo(home_argument: str) -> int:
             env["AIRFLOW_CONN_CMF_DEFAULT"] = json.dumps(
                 {"conn_type": "cmf", "host": "127.0.0.1", "port": int(server_url.rsplit(":", 1)[1]), "schema": "http"}
             )
+            write_environment_file(home, env)
             status, model_id = _run_steps(env, log_path, server_url)
     except RuntimeError as error:
         print(f"cmf-airflow demo: {error}", file=sys.stderr)
@@ -112,11 +114,26 @@ def model_page_url(server_url: str, artifact_id: int) -> str:
 
 def _print_lineage_page(home: Path, server_url: str, model_id: int) -> None:
     # The embedded server has stopped by now, so the user gets the command that serves the same store on the
-    # same port, where the artifact keeps its id.
+    # same port, where the artifact keeps its id. Run through `uv run` (uv sets UV), the command needs it too.
     port = server_url.rsplit(":", 1)[1]
     store = home / "server" / "mlmd.sqlite"
-    print(f"\nServe the demo's CMF server again with: cmf-airflow server --store {store} --port {port}")
+    prefix = "uv run " if os.environ.get("UV") else ""
+    print(f"\nServe the demo's CMF server again with: {prefix}cmf-airflow server --store {store} --port {port}")
     print(f"Lineage page of the model: {model_page_url(server_url, model_id)}")
+
+
+def write_environment_file(home: Path, env: dict[str, str]) -> Path:
+    """Write ``<home>/env.sh``, which sets the demo's Airflow variables in a shell, and return its path.
+
+    With it, a user runs the demo's DAGs again by hand (``airflow dags test ml_pipeline``), for instance to
+    have two runs to compare in the web UI.
+    """
+    names = sorted(name for name, value in env.items() if os.environ.get(name) != value)
+    path = home / "env.sh"
+    lines = [f"# Created by cmf-airflow demo: sets the demo's Airflow variables. Use: . {path}"]
+    lines += [f"export {name}={shlex.quote(env[name])}" for name in names]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def _run_steps(env: dict[str, str], log_path: Path, server_url: str) -> tuple[int, int | None]:

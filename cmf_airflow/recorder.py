@@ -82,7 +82,7 @@ _TYPE_PROPERTIES = {
 _EVENT_TYPES = {EventKind.INPUT: mlmd.Event.INPUT, EventKind.OUTPUT: mlmd.Event.OUTPUT}
 # Airflow's final task states as MLMD execution states; any other end (failed, up_for_retry) is FAILED.
 _FINAL_STATES = {"success": mlmd.Execution.COMPLETE, "skipped": mlmd.Execution.CANCELED}
-# The state a start record asks for: RUNNING for a new execution, no change for one that exists.
+# The state a start record requests: RUNNING for a new execution, no change for one that exists.
 _RUNNING_IF_NEW = -1
 
 

@@ -374,9 +374,9 @@ def _spool(spool: Spool, record: TaskRecord, settings: conf.Settings, error: Exc
     level = logging.WARNING if _spooled_in_process == 1 else logging.INFO
     logger.log(
         level,
-        "CMF store %s is unavailable (%s): spooled the %s record of %s try %s to %s (%d in this process). "
+        "CMF store%s unavailable (%s): spooled the %s record of %s try %s to %s (%d in this process). "
         "The next task that reaches the store, or 'cmf-airflow replay', writes it",
-        redact(settings.store), error, record.kind.value, record.run.stage_name, record.run.try_number, path,
+        "" if redact(settings.store) in str(error) else f" {redact(settings.store)}", error, record.kind.value, record.run.stage_name, record.run.try_number, path,
         _spooled_in_process,
     )
     return Delivery(execution=None, store=None, spool_file=path)

@@ -271,7 +271,7 @@ def _probe(where: DatabaseAddress, timeout: float, url: str) -> None:
     MySQL and MariaDB greet every new client first. A PostgreSQL server responds to an SSL request with one
     byte. Either way no credentials are sent, and the server logs at most an aborted connection.
     NOTE: for MySQL this bounds the wait up to the greeting only. A server that greets and then stalls
-    during login holds MLMD's open, because MLMD sets no read timeout (libpq's PGCONNECT_TIMEOUT covers
+    during login keeps MLMD's open waiting, because MLMD sets no read timeout (libpq's PGCONNECT_TIMEOUT covers
     PostgreSQL's whole login).
     """
     try:
@@ -290,10 +290,13 @@ def _probe(where: DatabaseAddress, timeout: float, url: str) -> None:
             if not connection.recv(1):
                 raise ConnectionError("the server closed the connection without a response")
     except OSError as error:
-        reason = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
+        if isinstance(error, TimeoutError):
+            reason = f"no response within {timeout:g} s"
+        else:
+            reason = (error.strerror or str(error)).lower()
         raise StoreUnavailable(
-            f"cannot reach the database of the CMF store {redact(url)} at {where.socket or f'{where.host}:{where.port}'}"
-            f" within {timeout:g} s: {reason}. Check that the {where.backend} server is running"
+            f"cannot reach the database of the CMF store {redact(url)} at {where.socket or f'{where.host}:{where.port}'}: "
+            f"{reason}. Check that the {where.backend} server is running"
         ) from error
 
 

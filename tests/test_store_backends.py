@@ -76,7 +76,7 @@ def test_closed_port_is_unavailable_without_password():
     with pytest.raises(StoreUnavailable) as raised:
         open_store(url, connect_timeout=2.0)
 
-    assert "Connection refused" in str(raised.value)
+    assert "connection refused" in str(raised.value)
     assert "top-secret" not in str(raised.value)
     assert redact(url) in str(raised.value)
 
@@ -88,7 +88,7 @@ def test_silent_server_times_out():
         silent.listen(8)
         port = silent.getsockname()[1]
         for backend in ("postgresql", "mysql"):
-            with pytest.raises(StoreUnavailable, match="within 1 s: timed out"):
+            with pytest.raises(StoreUnavailable, match="no response within 1 s"):
                 open_store(f"{backend}://root@127.0.0.1:{port}/cmf", connect_timeout=1.0)
 
 

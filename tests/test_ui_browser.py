@@ -164,10 +164,23 @@ def test_graph_zoom_buttons_change_the_view(server, page, screenshots):
     zoomed = _graph_view(page)
     screenshots.take(page, "zoomed in")
     page.click("#zoom-reset")
-    reset = _graph_view(page)
+    fitted = _graph_view(page)
+    screenshots.take(page, "fitted")
 
     assert zoomed != before
-    assert reset == before
+    assert fitted != zoomed
+    assert _nodes_outside_frame(page) == []
+
+
+def _nodes_outside_frame(page: Any) -> list[str]:
+    """Return the data-id of every graph node whose box is not wholly inside the svg's frame."""
+    return page.eval_on_selector(
+        "svg#lineage-graph",
+        "svg => { const frame = svg.getBoundingClientRect();"
+        " return [...svg.querySelectorAll('g.node')].filter(node => { const box = node.getBoundingClientRect();"
+        " return box.left < frame.left - 1 || box.right > frame.right + 1 || box.top < frame.top - 1"
+        " || box.bottom > frame.bottom + 1; }).map(node => node.dataset.kind + '-' + node.dataset.id); }",
+    )
 
 
 def _graph_view(page: Any) -> str:
@@ -321,3 +334,8 @@ def test_login_form_guards_the_pages(token_server, page, screenshots):
     assert cookie["sameSite"] == "Strict"
     assert api_without_cookie.status_code == 401
     assert api_without_cookie.headers["content-type"].startswith("application/json")
+
+    page.click("#sign-out")
+    page.goto(f"{token_server}/ui/")
+    page.wait_for_url(re.compile(r"/ui/login\?next="))
+    assert [c for c in page.context.cookies() if c["name"] == "cmf_token"] == []

@@ -174,7 +174,8 @@
       view.scale = scale;
       apply();
     };
-    const fit = () => {
+    // The first view keeps labels readable (centred on the focus node); the Fit button shows the whole graph.
+    const fit = (minimum) => {
       const box = viewport.getBBox();
       const width = svg.clientWidth || 800;
       const height = svg.clientHeight || 500;
@@ -184,11 +185,11 @@
         const whole = Math.min((width - 40) / box.width, (height - 40) / box.height);
         // Below this scale the labels cannot be read: a graph too large for the frame is shown at this
         // scale, centred on the focus node, and the rest is reached by panning.
-        view.scale = Math.min(1.5, Math.max(MIN_FIT_SCALE, whole));
+        view.scale = Math.min(1.5, Math.max(minimum, whole));
         let centreX = box.x + box.width / 2;
         let centreY = box.y + box.height / 2;
         const focus = viewport.querySelector(".node.focus");
-        if (whole < MIN_FIT_SCALE && focus) {
+        if (whole < minimum && focus) {
           const focusBox = focus.getBBox();
           const at = focus.transform.baseVal.consolidate().matrix;
           centreX = at.e + focusBox.width / 2;
@@ -244,8 +245,8 @@
     const center = () => [(svg.clientWidth || 800) / 2, (svg.clientHeight || 500) / 2];
     document.getElementById("zoom-in").addEventListener("click", () => zoomAt(1.25, ...center()));
     document.getElementById("zoom-out").addEventListener("click", () => zoomAt(1 / 1.25, ...center()));
-    document.getElementById("zoom-reset").addEventListener("click", fit);
-    fit();
+    document.getElementById("zoom-reset").addEventListener("click", () => fit(0.05));
+    fit(MIN_FIT_SCALE);
   }
 
   async function start() {

@@ -29,8 +29,11 @@ TEMPLATES_FOLDER = _SERVER_FOLDER / "templates"
 STATIC_FOLDER = _SERVER_FOLDER / "static"
 
 
-def build_templates() -> Jinja2Templates:
-    """Return the UI's Jinja2 templates, with autoescaping on for every template and the UI's filters."""
+def build_templates(*, signed_in: bool = False) -> Jinja2Templates:
+    """Return the UI's Jinja2 templates, with autoescaping on for every template and the UI's filters.
+
+    ``signed_in`` (the server has a token, so a page is only seen after signing in) adds a sign-out link.
+    """
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_FOLDER)),
         autoescape=True,
@@ -42,6 +45,7 @@ def build_templates() -> Jinja2Templates:
     environment.filters["epoch_ms"] = present.format_epoch_ms
     environment.filters["value"] = present.format_value
     environment.filters["short"] = present.short_hash
+    environment.globals["signed_in"] = signed_in
     return Jinja2Templates(env=environment)
 
 
@@ -50,7 +54,7 @@ def install_ui(app: FastAPI, settings: ServerSettings, limits: UiLimits | None =
     database = ReadOnlyDatabase(settings.store, settings.pool_size, settings.pool_timeout)
     limits = limits or UiLimits(max_graph_depth=settings.max_lineage_depth,
                                 graph_depth=min(5, settings.max_lineage_depth))
-    templates = build_templates()
+    templates = build_templates(signed_in=bool(settings.token))
     pages = Pages(Catalog(database), templates, limits)
 
     app.add_middleware(SecurityHeadersMiddleware)

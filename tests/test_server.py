@@ -370,9 +370,15 @@ def test_push_repeated_after_server_crash(kind, tmp_path):
             deadline = time.monotonic() + 120
             while not store.get_executions() and time.monotonic() < deadline:
                 time.sleep(0.02)
+            workers = _children(server.process.pid)
             server.kill()
             pusher.join()
         partial = len(store.get_executions())
+        # The UI's SQLite reader processes notice that the killed server is gone and exit.
+        orphans_deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers) and time.monotonic() < orphans_deadline:
+            time.sleep(0.2)
+        orphans = [pid for pid in workers if _alive(pid)]
 
         with server_process(location, log_dir=tmp_path) as server:
             repeated = httpx.post(f"{server.base_url}/api/mlmd_push", content=body, timeout=300,
@@ -384,6 +390,24 @@ def test_push_repeated_after_server_crash(kind, tmp_path):
     assert partial % PER_STAGE == 0  # whole stages only: each stage is one transaction
     assert repeated.json() == {"status": "success"}
     assert final == clean
+    assert (len(workers) > 0) == (kind == "sqlite")
+    assert orphans == []
+
+
+def _children(pid: int) -> list[int]:
+    """Return the ids of the processes that ``pid`` started, from Linux's /proc."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited and waits only for its parent to collect it
 
 
 def test_cli_options_default_from_environment(monkeypatch):

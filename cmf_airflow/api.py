@@ -395,7 +395,7 @@ class CmfExecution:
         return delivery
 
     def _data_folder(self) -> str:
-        return self._settings.data_folder or conf.data_folder()
+        return self._settings.data_folder
 
     def _run(self) -> TaskRun:
         if not self._site:

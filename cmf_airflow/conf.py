@@ -33,11 +33,12 @@ class Settings:
     lock_timeout: float
     version_artifacts: bool
     capture_environment: bool
+    # The folder of the files that belong to the local store: see ``data_folder()``.
+    data_folder: str
     store_conn_id: str | None = None
     write_timeout: float = 5.0
     connect_timeout: float = 5.0
     spool_folder: str = ""
-    data_folder: str = ""
 
 
 _settings_cache: tuple[tuple[str | None, ...], Settings] | None = None

@@ -135,7 +135,7 @@ class CmfListener:
         inputs = self._resolve_all(facts.inlets, "inlet", cache)
         if settings.capture_environment:
             try:
-                inputs.append(capture(settings.data_folder or conf.data_folder()).record())
+                inputs.append(capture(settings.data_folder).record())
             except OSError as error:
                 logger.warning("cannot record the Python environment of %s: %s (recorded without it)",
                                facts.task_id, error)

@@ -264,7 +264,7 @@ class Recorder:
                 facts.pop("airflow_state", None)
         if existing is not None:
             return self._update(run, existing, pipeline, stage, git, state, facts, events)
-        execution = self._execution(run, pipeline, stage, git)
+        execution = self._new_execution(run, pipeline, stage, git)
         if state is not None:
             execution.last_known_state = state
         _set_custom(execution, facts)
@@ -324,8 +324,9 @@ class Recorder:
                                     for artifact, event in artifact_and_events])
 
         patch = mlmd.Execution(id=existing.id, type_id=existing.type_id)
-        if existing.properties["Git_Start_Commit"].string_value:
-            patch.properties["Git_Start_Commit"].CopyFrom(existing.properties["Git_Start_Commit"])
+        start_commit = existing.properties.get("Git_Start_Commit")
+        if start_commit is not None and start_commit.string_value:
+            patch.properties["Git_Start_Commit"].CopyFrom(start_commit)  # so that _describe keeps it
         patch = self._describe(patch, run, pipeline, stage, git)
         _set_custom(patch, facts)
         mask = [f"properties.{name}" for name in patch.properties]
@@ -432,16 +433,16 @@ class Recorder:
         self._contexts[key] = context
         return context
 
-    def _execution(
+    def _new_execution(
         self, run: TaskRun, pipeline: mlmd.Context, stage: mlmd.Context, git: GitInfo | None
     ) -> mlmd.Execution:
-        type_id = self._execution_type(run.stage_name)
+        """Build the execution of a try that the store does not have yet."""
         execution_uuid = run.execution_uuid
-        execution = self.find_execution(run)
-        if execution is None:
-            execution = mlmd.Execution(
-                type_id=type_id, name=execution_uuid, external_id=execution_external_id(execution_uuid)
-            )
+        execution = mlmd.Execution(
+            type_id=self._execution_type(run.stage_name),
+            name=execution_uuid,
+            external_id=execution_external_id(execution_uuid),
+        )
         return self._describe(execution, run, pipeline, stage, git)
 
     def _describe(

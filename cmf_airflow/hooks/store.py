@@ -135,7 +135,7 @@ def _open(settings: conf.Settings) -> LocalStore:
         hash_cache=hash_cache(settings),
         site=site,
         lock_timeout=settings.lock_timeout,
-        folder=settings.data_folder or conf.data_folder(),
+        folder=settings.data_folder,
     )
 
 

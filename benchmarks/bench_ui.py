@@ -6,8 +6,8 @@ stage reads one shared raw dataset) and the shared environment, and writes one d
 twenty failed. The store is written with MLMD's ``put_lineage_subgraph`` in batches of 1,000 executions, and
 the SQLite store is cached in ``/tmp/cmf-bench-ui-<executions>.sqlite`` and reused on reruns.
 
-For each page it prints the median and maximum time over ``--rounds`` requests, measured by the client over
-HTTP on loopback (so it includes HTTP and rendering), against the target of 1 s:
+For each page it prints the median and maximum time over ``--rounds`` requests, against the target of 1 s.
+The client measures each request over HTTP on loopback, so the time includes HTTP and rendering. The pages:
 the pipelines page, the pipeline page (first page, a filtered page, a page deep in the keyset), the page and
 graph JSON of an artifact in the middle of the lineage and of the shared raw dataset, and search.
 

@@ -14,10 +14,10 @@ artifact record), ``outcome`` and ``execution_properties``.
 
 Why one shared file with ``flock`` rather than one file per process: one file keeps the order in which
 records were spooled across all the processes of a worker, and a replay finds everything in one place. A
-writer holds the lock only for one ``write()`` and never waits for a replay. A replay claims the file by
+writer keeps the lock only for one ``write()`` and does not wait for a replay. A replay claims the file by
 renaming it to ``claimed-<time>-<pid>.jsonl``, then takes its lock, which waits for an append in progress.
 A writer that opened the old name checks after locking that the name still points to its file, and opens
-the new file otherwise. A replay holds the lock of the file it claimed until it is done, so two replays
+the new file otherwise. A replay keeps the lock of the file it claimed until it is done, so two replays
 never write the same file. Writing a record twice would do no harm anyway: executions and artifacts have
 external ids, and the recorder never adds an event twice.
 

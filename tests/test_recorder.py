@@ -206,9 +206,9 @@ def test_store_without_external_ids_is_adopted_by_name(recorder):
     ]
 
 
-def test_writer_with_an_old_copy_does_not_undo_another_writers_end(recorder):
+def test_stale_writer_keeps_final_state(recorder):
     # Two recorders on one store stand for two processes: the worker whose replay writes the try's start and
-    # logged parameters, and the try's own end hook. The first still holds the RUNNING copy it wrote.
+    # logged parameters, and the try's own end hook. The first still has the RUNNING copy it wrote.
     replaying = recorder
     ending = Recorder(replaying.store)
     run = _run()

@@ -287,8 +287,7 @@ def test_missing_database_spools_until_next_task(tmp_path, cmf_store, monkeypatc
 
 
 @pytest.mark.timeout(300)
-def test_store_locked_by_a_vanished_session_spools_instead_of_waiting(tmp_path, cmf_store, monkeypatch,
-                                                                      _spool_settings):
+def test_locked_store_spools_records(tmp_path, cmf_store, monkeypatch, _spool_settings):
     # A session that holds a table lock inside an open transaction stands for a worker that vanished in the
     # middle of a write: without a lock timeout, every later writer would wait for it, and its task with it.
     import psycopg
@@ -324,7 +323,7 @@ def test_store_locked_by_a_vanished_session_spools_instead_of_waiting(tmp_path, 
     assert os.listdir(_spool_settings) == []
 
 
-def test_silent_database_costs_each_try_one_connect_timeout(tmp_path, cmf_store, monkeypatch, _spool_settings):
+def test_silent_database_probed_once_per_try(tmp_path, cmf_store, monkeypatch, _spool_settings):
     # A socket that accepts connections and never responds, as a hung database server or a half-open network
     # path would. Each try should wait for it once, then spool its later records at once.
     import socket

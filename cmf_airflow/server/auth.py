@@ -2,7 +2,7 @@
 
 ``/health``, the ``/`` redirect, the login and logout pages and the UI's static files need no token. The UI's
 pages and its JSON under ``/ui/api/`` also accept the ``cmf_token`` cookie that the login page sets. The sync
-API accepts only the bearer header, so a browser that holds the cookie cannot push.
+API accepts only the bearer header, so a browser that has the cookie cannot push.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ COOKIE_NAME = "cmf_token"
 def session_cookie_value(token: str) -> str:
     """Return the cookie value that proves knowledge of ``token``.
 
-    The cookie holds an HMAC of the token rather than the token, so a copied cookie opens the web UI but
+    The cookie contains an HMAC of the token rather than the token, so a copied cookie opens the web UI but
     cannot be sent as the bearer token of the sync API.
     """
     return hmac.new(token.encode(), b"cmf-airflow web UI session", hashlib.sha256).hexdigest()

@@ -220,8 +220,8 @@ class Catalog:
             "SELECT execution_id FROM ExecutionProperty WHERE name = 'airflow_run_id' AND is_custom_property = ? "
             "AND string_value = ?) ORDER BY a.execution_id", [stage_id, True, run_id])
         ids = [row[0] for row in rows]
-        wanted = ("airflow_map_index", "airflow_try_number")
-        properties = self._properties("ExecutionProperty", "execution_id", ids, wanted)
+        names = ("airflow_map_index", "airflow_try_number")
+        properties = self._properties("ExecutionProperty", "execution_id", ids, names)
         tries: dict[int, int | None] = {}
         for execution_id in ids:
             values = properties.get(execution_id, {})

@@ -230,9 +230,9 @@ def build_page_router(pages: Pages) -> APIRouter:
 # Parameters
 
 
-def _id(text: str, what: str) -> int:
+def _id(text: str, kind: str) -> int:
     if not text.isdigit() or len(text) > 18:
-        raise PageError(400, "Invalid id", f"{text!r} is not a valid {what} id: use the number shown on the pages.")
+        raise PageError(400, "Invalid id", f"{text!r} is not a valid {kind} id: use the number shown on the pages.")
     return int(text)
 
 

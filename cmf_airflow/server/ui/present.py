@@ -119,9 +119,9 @@ def compare_rows(a: ExecutionDetail, b: ExecutionDetail) -> list[CompareRow]:
     plain_counts: dict[str, int] = {}
     for name, key in set(metrics_a) | set(metrics_b):
         plain_counts[key] = plain_counts.get(key, 0) + 1
-    taken = set(params_a) | set(params_b)
+    parameter_names = set(params_a) | set(params_b)
     for name, key in sorted(set(metrics_a) | set(metrics_b), key=lambda item: (item[1], item[0])):
-        label = key if plain_counts[key] == 1 and key not in taken else f"{name}.{key}"
+        label = key if plain_counts[key] == 1 and key not in parameter_names else f"{name}.{key}"
         rows.append(CompareRow(label, "metric", metrics_a.get((name, key)), metrics_b.get((name, key))))
     return rows
 

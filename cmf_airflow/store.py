@@ -234,6 +234,9 @@ def _libpq_settings(connect_timeout: float, lock_wait: float | None) -> dict[str
     middle of a transaction (a worker killed, a network cut), which would otherwise hold its row locks and
     stall every other writer until TCP keepalive noticed, hours later. ``lock_timeout`` makes a statement
     that waits for such a lock fail, so that the recorder retries it or the record goes to the spool.
+    NOTE: nothing here bounds a statement on a connection whose peer vanished without a reset (a network
+    partition): MLMD gives libpq no keepalive or TCP timeout setting, so the write waits until TCP gives up,
+    and the record of that hook can be lost if Airflow ends the task process first.
     """
     options = ["-c idle_in_transaction_session_timeout=10000"]
     if lock_wait is not None:

@@ -443,8 +443,12 @@ class TcpProxy:
 
 
 def _reset(sock: socket.socket) -> None:
-    # A zero linger time makes close() send a reset, as a dropped connection looks to the client.
+    # A zero linger time makes close() send a reset, as a dropped connection looks to the client. close()
+    # alone does not end a recv() that a pump thread is blocked in, and the kernel then keeps the connection
+    # open: shutdown() wakes that thread first, so the client really sees the connection end.
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
